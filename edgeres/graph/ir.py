@@ -1,0 +1,241 @@
+"""The edgeres graph IR: a flat, topologically ordered list of nodes over named tensors.
+
+Why an IR of our own rather than torch.fx nodes: exporters (ONNX, TFLite, C) need a closed,
+documented op set with static shapes, fused activations and folded BatchNorm; fx graphs carry
+arbitrary Python. Capture (``edgeres.graph.capture``) lowers fx into this IR once.
+
+Semantics are PyTorch's (NCHW). Op vocabulary (``Node.op``), attributes and params:
+
+=============  ==========================================  ==================
+op             attrs                                       params
+=============  ==========================================  ==================
+conv2d         stride (h, w), padding (t, l, b, r),        weight OIHW, bias
+               dilation (h, w), groups, act
+linear         act                                         weight [out, in], bias
+add / sub      act                                         -
+mul            scalar (float) or none for 2-tensor mul     -
+mean           axes (list), keepdims                       -
+reshape        shape (full static shape)                   -
+transpose      perm                                        -
+matmul         -                                           -
+softmax        axis                                        -
+layernorm      axis, eps                                   weight, bias
+act            kind                                        -
+=============  ==========================================  ==================
+
+``act`` is one of ACTIVATIONS. Ranks never exceed 4 (the limit of TFLite and most NPUs).
+
+:func:`run_graph` evaluates a graph in float64. Given activation QParams it fake-quantizes
+every quantized tensor where it is produced; given quantized parameters it uses them. That
+evaluation *is* the integer-exact simulation: with int32 bias on the input x weight scale
+grid, a float64 conv over dequantized codes equals the integer accumulator times its scale
+exactly, and every runtime's kernel only differs in how it rounds the requantization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from edgeres.qtypes import QParams
+
+ACTIVATIONS = ("none", "relu", "relu6", "gelu", "silu", "sigmoid", "hardswish", "tanh")
+MAX_RANK = 4
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's static shape (batch included) as captured."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Node:
+    """One operation. ``name`` is the module path it came from (e.g. ``features.3.conv.1.0``)."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    output: str
+    attrs: dict = field(default_factory=dict)
+    params: dict[str, Tensor] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.op} '{self.name}'"
+
+
+@dataclass
+class Graph:
+    """Nodes in execution order, the graph's inputs and outputs, and every tensor's shape."""
+
+    nodes: list[Node]
+    inputs: list[TensorInfo]
+    outputs: list[str]
+    shapes: dict[str, tuple[int, ...]]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named '{name}' in the graph")
+
+    def producer(self, tensor: str) -> Node | None:
+        for n in self.nodes:
+            if n.output == tensor:
+                return n
+        return None
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [n for n in self.nodes if tensor in n.inputs]
+
+    def tensors(self) -> list[str]:
+        """Every activation tensor: graph inputs, then node outputs in order."""
+        return [t.name for t in self.inputs] + [n.output for n in self.nodes]
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return counts
+
+    def copy(self) -> Graph:
+        """A structural copy; parameter tensors are shared (rewrites replace, never mutate them)."""
+        nodes = [
+            Node(n.name, n.op, list(n.inputs), n.output, dict(n.attrs), dict(n.params))
+            for n in self.nodes
+        ]
+        return Graph(nodes, list(self.inputs), list(self.outputs), dict(self.shapes))
+
+
+def apply_activation(kind: str, x: Tensor) -> Tensor:
+    if kind == "none":
+        return x
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "relu6":
+        return x.clamp(0.0, 6.0)
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "silu":
+        return F.silu(x)
+    if kind == "sigmoid":
+        return torch.sigmoid(x)
+    if kind == "hardswish":
+        return F.hardswish(x)
+    if kind == "tanh":
+        return torch.tanh(x)
+    raise ValueError(f"unknown activation '{kind}' (known: {', '.join(ACTIVATIONS)})")
+
+
+def _conv2d(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
+    a = node.attrs
+    t, l, b, r = a["padding"]
+    x = F.pad(xs[0], (l, r, t, b)) if (t, l, b, r) != (0, 0, 0, 0) else xs[0]
+    y = F.conv2d(x, p["weight"], p.get("bias"), a["stride"], 0, a["dilation"], a["groups"])
+    return apply_activation(a.get("act", "none"), y)
+
+
+def _linear(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
+    return apply_activation(node.attrs.get("act", "none"), F.linear(xs[0], p["weight"], p.get("bias")))
+
+
+def _layernorm(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
+    axis = node.attrs["axis"] % xs[0].dim()
+    x = xs[0]
+    mean = x.mean(dim=axis, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=axis, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + node.attrs["eps"])
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return y * p["weight"].reshape(shape) + p["bias"].reshape(shape)
+
+
+def _mul(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
+    if len(xs) == 1:
+        return xs[0] * node.attrs["scalar"]
+    return xs[0] * xs[1]
+
+
+OpFn = Callable[[Node, list[Tensor], Mapping[str, Tensor]], Tensor]
+
+OPS: dict[str, OpFn] = {
+    "conv2d": _conv2d,
+    "linear": _linear,
+    "add": lambda n, xs, p: apply_activation(n.attrs.get("act", "none"), xs[0] + xs[1]),
+    "sub": lambda n, xs, p: apply_activation(n.attrs.get("act", "none"), xs[0] - xs[1]),
+    "mul": _mul,
+    "mean": lambda n, xs, p: xs[0].mean(dim=tuple(n.attrs["axes"]), keepdim=n.attrs["keepdims"]),
+    "reshape": lambda n, xs, p: xs[0].reshape(n.attrs["shape"]),
+    "transpose": lambda n, xs, p: xs[0].permute(*n.attrs["perm"]),
+    "matmul": lambda n, xs, p: torch.matmul(xs[0], xs[1]),
+    "softmax": lambda n, xs, p: torch.softmax(xs[0], dim=n.attrs["axis"]),
+    "layernorm": _layernorm,
+    "act": lambda n, xs, p: apply_activation(n.attrs["kind"], xs[0]),
+}
+
+
+def run_graph(
+    graph: Graph,
+    inputs: Mapping[str, Tensor] | Tensor,
+    act_qparams: Mapping[str, QParams] | None = None,
+    params: Mapping[str, Mapping[str, Tensor]] | None = None,
+    keep: bool = False,
+) -> dict[str, Tensor]:
+    """Evaluate ``graph`` in float64; returns the outputs (every tensor when ``keep``).
+
+    ``act_qparams`` maps tensor names to QParams: those tensors are fake-quantized where they
+    are produced (graph inputs included). ``params`` overrides node parameters by node name
+    (the quantized weights and biases of a QModel).
+    """
+    if isinstance(inputs, Tensor):
+        if len(graph.inputs) != 1:
+            raise ValueError(f"graph has {len(graph.inputs)} inputs; pass a dict by name")
+        inputs = {graph.inputs[0].name: inputs}
+    qp = act_qparams or {}
+    overrides = params or {}
+    env: dict[str, Tensor] = {}
+    for info in graph.inputs:
+        if info.name not in inputs:
+            raise ValueError(f"missing graph input '{info.name}'")
+        x = inputs[info.name].to(torch.float64)
+        if tuple(x.shape[1:]) != tuple(info.shape[1:]):
+            raise ValueError(
+                f"input '{info.name}' has shape {tuple(x.shape)}; the graph expects "
+                f"[N, {', '.join(map(str, info.shape[1:]))}]"
+            )
+        env[info.name] = qp[info.name].fake_quantize(x) if info.name in qp else x
+    for node in graph.nodes:
+        fn = OPS.get(node.op)
+        if fn is None:
+            raise ValueError(f"{node.describe()}: op '{node.op}' has no evaluator")
+        node_params = overrides.get(node.name, node.params)
+        p64 = {k: v.to(torch.float64) for k, v in node_params.items()}
+        y = fn(node, [env[i] for i in node.inputs], p64)
+        env[node.output] = qp[node.output].fake_quantize(y) if node.output in qp else y
+    if keep:
+        return env
+    return {name: env[name] for name in graph.outputs}
+
+
+def conv_macs(node: Node, out_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one conv2d or linear node for a single sample."""
+    if node.op not in ("conv2d", "linear"):
+        return 0
+    w = node.params["weight"]
+    if node.op == "conv2d":
+        per_output = w.shape[1] * w.shape[2] * w.shape[3]
+        return int(per_output * math.prod(out_shape[1:]))
+    if node.op == "linear":
+        return int(w.shape[0] * w.shape[1] * math.prod(out_shape[1:-1]))
+    return 0
+
+
+def graph_macs(graph: Graph) -> int:
+    return sum(conv_macs(n, graph.shapes[n.output]) for n in graph.nodes)

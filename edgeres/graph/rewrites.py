@@ -1,0 +1,100 @@
+"""Small explicit graph rewrites: fold BatchNorm, fuse activations, lower leftover BN.
+
+Each rewrite takes a Graph and returns a new Graph; none mutates parameter tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeres.graph.ir import Graph, Node
+
+FUSABLE_ACTS = ("relu", "relu6")
+FUSING_OPS = ("conv2d", "linear", "add")
+
+
+def _replace_uses(graph: Graph, old: str, new: str) -> None:
+    for node in graph.nodes:
+        node.inputs = [new if t == old else t for t in node.inputs]
+    graph.outputs = [new if t == old else t for t in graph.outputs]
+
+
+def _single_consumer(graph: Graph, tensor: str) -> Node | None:
+    users = graph.consumers(tensor)
+    if len(users) == 1 and tensor not in graph.outputs:
+        return users[0]
+    return None
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """conv2d -> batchnorm (conv output used only by the BN) becomes one conv2d."""
+    g = graph.copy()
+    for bn in [n for n in g.nodes if n.op == "batchnorm"]:
+        conv = g.producer(bn.inputs[0])
+        if conv is None or conv.op != "conv2d" or conv.attrs["act"] != "none":
+            continue
+        if _single_consumer(g, conv.output) is not bn:
+            continue
+        scale, shift = bn.params["scale"], bn.params["shift"]
+        conv.params = {
+            "weight": conv.params["weight"] * scale.reshape(-1, 1, 1, 1),
+            "bias": conv.params["bias"] * scale + shift,
+        }
+        g.nodes.remove(bn)
+        _replace_uses(g, bn.output, conv.output)
+        g.shapes.pop(bn.output, None)
+    return g
+
+
+def fuse_activations(graph: Graph) -> Graph:
+    """ReLU/ReLU6 right after conv2d/linear/add (sole consumer) folds into that node's ``act``."""
+    g = graph.copy()
+    for act in [n for n in g.nodes if n.op == "act" and n.attrs["kind"] in FUSABLE_ACTS]:
+        prod = g.producer(act.inputs[0])
+        if prod is None or prod.op not in FUSING_OPS or prod.attrs.get("act", "none") != "none":
+            continue
+        if _single_consumer(g, prod.output) is not act:
+            continue
+        prod.attrs["act"] = act.attrs["kind"]
+        g.nodes.remove(act)
+        _replace_uses(g, act.output, prod.output)
+        g.shapes.pop(act.output, None)
+    return g
+
+
+def batchnorm_as_depthwise(graph: Graph) -> Graph:
+    """A BatchNorm that could not fold (e.g. a pre-norm) becomes a depthwise 1x1 conv.
+
+    Every target runs depthwise convs in integer; a lone affine op would stay float.
+    """
+    g = graph.copy()
+    for node in g.nodes:
+        if node.op != "batchnorm":
+            continue
+        c = node.params["scale"].numel()
+        node.op = "conv2d"
+        node.attrs = {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1),
+                      "groups": c, "act": "none"}
+        node.params = {"weight": node.params["scale"].reshape(c, 1, 1, 1).clone(),
+                       "bias": node.params["shift"].clone()}
+    return g
+
+
+def canonicalize(graph: Graph) -> Graph:
+    """The canonical float graph: BN folded, activations fused, no batchnorm left."""
+    g = fold_batchnorm(graph)
+    g = batchnorm_as_depthwise(g)
+    g = fuse_activations(g)
+    assert all(n.op != "batchnorm" for n in g.nodes)
+    return g
+
+
+def strip_params_grad(graph: Graph) -> Graph:
+    g = graph.copy()
+    for node in g.nodes:
+        node.params = {k: v.detach() for k, v in node.params.items()}
+    return g
+
+
+__all__ = ["canonicalize", "fold_batchnorm", "fuse_activations", "batchnorm_as_depthwise",
+           "strip_params_grad", "torch"]

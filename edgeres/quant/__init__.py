@@ -1,0 +1,1 @@
+"""Quantization: primitives, observers, planning, PTQ, REx and QAT."""
