@@ -111,7 +111,9 @@ class QParams:
 
         Division by the float32 scale, as ONNX QuantizeLinear specifies.
         """
-        scale = self._broadcast(self.scale, x.dim()).to(x.dtype if x.is_floating_point() else torch.float64)
+        scale = self._broadcast(self.scale, x.dim()).to(
+            x.dtype if x.is_floating_point() else torch.float64
+        )
         zp = self._broadcast(self.zero_point, x.dim())
         q = torch.round(x / scale) + zp
         return q.clamp(self.spec.qmin, self.spec.qmax).to(torch.int64)
@@ -145,6 +147,8 @@ class QParams:
 
 def bias_qparams(input_qp: QParams, weight_qp: QParams) -> QParams:
     """int32 bias whose scale is input scale x weight scale, zero point 0 (TFLite and ONNX rule)."""
-    scale = (input_qp.scale.astype(np.float32) * weight_qp.scale.astype(np.float32)).astype(np.float32)
+    scale = (input_qp.scale.astype(np.float32) * weight_qp.scale.astype(np.float32)).astype(
+        np.float32
+    )
     axis = 0 if scale.ndim == 1 else None
     return QParams(QSpec(32, True, True, axis), scale, np.zeros(scale.shape, np.int64))

@@ -75,18 +75,27 @@ def main(argv: list[str] | None = None) -> int:
     model = create_model(args.model).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 4e-5},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=args.lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 4e-5}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
     steps_per_epoch = len(xtr_t) // args.batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()
     history = []
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    cols = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*cols) as progress:
         task = progress.add_task(args.model, total=args.epochs * steps_per_epoch, info="")
         for epoch in range(args.epochs):
@@ -94,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             perm = torch.randperm(len(xtr_t), generator=gen)
             for s in range(steps_per_epoch):
                 idx = perm[s * args.batch : (s + 1) * args.batch]
-                xb = pre.normalize(augment(xtr_t[idx], gen)).contiguous(memory_format=torch.channels_last)
+                xb = pre.normalize(augment(xtr_t[idx], gen)).contiguous(
+                    memory_format=torch.channels_last
+                )
                 loss = loss_fn(model(xb), ytr_t[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -109,10 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(out)
-    record = {"model": args.model, "test_top1": history[-1], "history": history,
-              "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-              "wall_s": round(time.time() - start, 1), "torch": torch.__version__,
-              "command": "python tools/train_fmnist.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    record = {
+        "model": args.model,
+        "test_top1": history[-1],
+        "history": history,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "wall_s": round(time.time() - start, 1),
+        "torch": torch.__version__,
+        "command": "python tools/train_fmnist.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))
     return 0

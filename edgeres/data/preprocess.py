@@ -36,7 +36,9 @@ class Preprocess:
         """``(x - mean) / std`` on an NCHW batch already scaled to [0, 1]."""
         c = x01.shape[1]
         if len(self.mean) != c:
-            raise ValueError(f"preprocessing has {len(self.mean)} channel means; input has {c} channels")
+            raise ValueError(
+                f"preprocessing has {len(self.mean)} channel means; input has {c} channels"
+            )
         mean = torch.tensor(self.mean, dtype=x01.dtype).view(1, c, 1, 1)
         std = torch.tensor(self.std, dtype=x01.dtype).view(1, c, 1, 1)
         return (x01 - mean) / std
@@ -47,7 +49,9 @@ class Preprocess:
             h, w = x01.shape[-2:]
             scale = self.resize / min(h, w)
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            x01 = F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x01 = F.interpolate(
+                x01, size=size, mode="bilinear", align_corners=False, antialias=True
+            )
         if self.crop is not None:
             h, w = x01.shape[-2:]
             if h < self.crop or w < self.crop:
@@ -58,7 +62,7 @@ class Preprocess:
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 HWC/NHWC or float [0,1] NCHW images -> the model's normalised NCHW float input."""
-        x = torch.as_tensor(images)
+        x = torch.as_tensor(np.array(images)) if isinstance(images, np.ndarray) else images
         if x.dtype == torch.uint8:
             if x.dim() == 3:
                 x = x.unsqueeze(0)

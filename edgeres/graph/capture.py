@@ -23,12 +23,24 @@ from edgeres.graph.ir import MAX_RANK, Graph, Node, TensorInfo
 from edgeres.graph.rewrites import canonicalize
 
 _ACT_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.GELU: "gelu", nn.SiLU: "silu",
-    nn.Sigmoid: "sigmoid", nn.Hardswish: "hardswish", nn.Tanh: "tanh",
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.Sigmoid: "sigmoid",
+    nn.Hardswish: "hardswish",
+    nn.Tanh: "tanh",
 }
 _ACT_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.gelu: "gelu", F.silu: "silu",
-    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.hardswish: "hardswish", torch.tanh: "tanh",
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.relu6: "relu6",
+    F.gelu: "gelu",
+    F.silu: "silu",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    F.hardswish: "hardswish",
+    torch.tanh: "tanh",
 }
 _ACT_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
 _IDENTITY_MODULES = (nn.Dropout, nn.Identity)
@@ -98,8 +110,15 @@ class _Builder:
         self.used_names.add(name)
         return name
 
-    def emit(self, n: fx.Node, op: str, inputs: list[str], attrs: dict | None = None,
-             params: dict[str, Tensor] | None = None, name: str | None = None) -> None:
+    def emit(
+        self,
+        n: fx.Node,
+        op: str,
+        inputs: list[str],
+        attrs: dict | None = None,
+        params: dict[str, Tensor] | None = None,
+        name: str | None = None,
+    ) -> None:
         value = self.values[n.name]
         if not isinstance(value, Tensor):
             raise UserError(f"{self.where(n)} does not produce a tensor")
@@ -132,8 +151,13 @@ def _conv_params(m: nn.Conv2d) -> tuple[dict, dict[str, Tensor]]:
         ph, pw = m.padding
         pads = (ph, pw, ph, pw)
     bias = m.bias.detach().clone() if m.bias is not None else torch.zeros(m.out_channels)
-    attrs = {"stride": tuple(m.stride), "padding": pads, "dilation": tuple(m.dilation),
-             "groups": m.groups, "act": "none"}
+    attrs = {
+        "stride": tuple(m.stride),
+        "padding": pads,
+        "dilation": tuple(m.dilation),
+        "groups": m.groups,
+        "act": "none",
+    }
     return attrs, {"weight": m.weight.detach().clone(), "bias": bias}
 
 
@@ -146,8 +170,14 @@ def _call_module(b: _Builder, n: fx.Node, m: nn.Module) -> None:
         b.emit(n, "conv2d", [x], attrs, params, name=name)
     elif isinstance(m, nn.Linear):
         bias = m.bias.detach().clone() if m.bias is not None else torch.zeros(m.out_features)
-        b.emit(n, "linear", [x], {"act": "none"},
-               {"weight": m.weight.detach().clone(), "bias": bias}, name=name)
+        b.emit(
+            n,
+            "linear",
+            [x],
+            {"act": "none"},
+            {"weight": m.weight.detach().clone(), "bias": bias},
+            name=name,
+        )
     elif isinstance(m, nn.BatchNorm2d):
         scale = m.weight.detach() / torch.sqrt(m.running_var + m.eps)
         shift = m.bias.detach() - m.running_mean * scale
@@ -168,8 +198,14 @@ def _call_module(b: _Builder, n: fx.Node, m: nn.Module) -> None:
         axis = 1 if cls in _LAYERNORM2D_NAMES else -1
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
             raise UserError(f"{b.where(n)}: LayerNorm over more than one dim is not supported")
-        b.emit(n, "layernorm", [x], {"axis": axis, "eps": float(m.eps)},
-               {"weight": m.weight.detach().clone(), "bias": m.bias.detach().clone()}, name=name)
+        b.emit(
+            n,
+            "layernorm",
+            [x],
+            {"axis": axis, "eps": float(m.eps)},
+            {"weight": m.weight.detach().clone(), "bias": m.bias.detach().clone()},
+            name=name,
+        )
     else:
         raise UserError(
             f"unsupported module {cls} at '{name}': edgeres captures Conv2d, Linear, "
@@ -195,8 +231,16 @@ def _binary(b: _Builder, n: fx.Node, op: str) -> None:
         raise UserError(f"{b.where(n)}: '{op}' with a constant operand is not supported")
 
 
-_BINARY = {operator.add: "add", torch.add: "add", operator.iadd: "add", operator.sub: "sub",
-           torch.sub: "sub", operator.mul: "mul", torch.mul: "mul", operator.truediv: "div"}
+_BINARY = {
+    operator.add: "add",
+    torch.add: "add",
+    operator.iadd: "add",
+    operator.sub: "sub",
+    torch.sub: "sub",
+    operator.mul: "mul",
+    torch.mul: "mul",
+    operator.truediv: "div",
+}
 
 
 def _call(b: _Builder, n: fx.Node) -> None:
@@ -244,8 +288,12 @@ def _call(b: _Builder, n: fx.Node) -> None:
         keep = bool(n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False))
         rank = b.values[n.args[0].name].dim()
         dims = [dims] if isinstance(dims, int) else list(dims)
-        b.emit(n, "mean", [b.tensor(n.args[0], n)],
-               {"axes": [d % rank for d in dims], "keepdims": keep})
+        b.emit(
+            n,
+            "mean",
+            [b.tensor(n.args[0], n)],
+            {"axes": [d % rank for d in dims], "keepdims": keep},
+        )
     elif target is F.adaptive_avg_pool2d and b.concrete(n.args[1]) in (1, (1, 1)):
         b.emit(n, "mean", [b.tensor(n.args[0], n)], {"axes": [2, 3], "keepdims": True})
     else:

@@ -143,7 +143,9 @@ def _conv2d(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
 
 
 def _linear(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
-    return apply_activation(node.attrs.get("act", "none"), F.linear(xs[0], p["weight"], p.get("bias")))
+    return apply_activation(
+        node.attrs.get("act", "none"), F.linear(xs[0], p["weight"], p.get("bias"))
+    )
 
 
 def _layernorm(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
@@ -187,12 +189,15 @@ def run_graph(
     act_qparams: Mapping[str, QParams] | None = None,
     params: Mapping[str, Mapping[str, Tensor]] | None = None,
     keep: bool = False,
+    dtype: torch.dtype = torch.float64,
+    observe: Callable[[str, Tensor], None] | None = None,
 ) -> dict[str, Tensor]:
     """Evaluate ``graph`` in float64; returns the outputs (every tensor when ``keep``).
 
     ``act_qparams`` maps tensor names to QParams: those tensors are fake-quantized where they
     are produced (graph inputs included). ``params`` overrides node parameters by node name
-    (the quantized weights and biases of a QModel).
+    (the quantized weights and biases of a QModel). ``dtype=float32`` is for calibration
+    speed only; ``observe(name, value)`` sees every tensor as it is produced.
     """
     if isinstance(inputs, Tensor):
         if len(graph.inputs) != 1:
@@ -204,21 +209,30 @@ def run_graph(
     for info in graph.inputs:
         if info.name not in inputs:
             raise ValueError(f"missing graph input '{info.name}'")
-        x = inputs[info.name].to(torch.float64)
+        x = inputs[info.name].to(dtype)
         if tuple(x.shape[1:]) != tuple(info.shape[1:]):
             raise ValueError(
                 f"input '{info.name}' has shape {tuple(x.shape)}; the graph expects "
                 f"[N, {', '.join(map(str, info.shape[1:]))}]"
             )
         env[info.name] = qp[info.name].fake_quantize(x) if info.name in qp else x
-    for node in graph.nodes:
+        if observe is not None:
+            observe(info.name, env[info.name])
+    last_use = {t: i for i, n in enumerate(graph.nodes) for t in n.inputs}
+    for step, node in enumerate(graph.nodes):
         fn = OPS.get(node.op)
         if fn is None:
             raise ValueError(f"{node.describe()}: op '{node.op}' has no evaluator")
         node_params = overrides.get(node.name, node.params)
-        p64 = {k: v.to(torch.float64) for k, v in node_params.items()}
-        y = fn(node, [env[i] for i in node.inputs], p64)
+        typed = {k: v.to(dtype) for k, v in node_params.items()}
+        y = fn(node, [env[i] for i in node.inputs], typed)
         env[node.output] = qp[node.output].fake_quantize(y) if node.output in qp else y
+        if observe is not None:
+            observe(node.output, env[node.output])
+        if not keep:  # free what no later node reads, so calibration batches stay in memory
+            for t in node.inputs:
+                if last_use.get(t) == step and t not in graph.outputs:
+                    env.pop(t, None)
     if keep:
         return env
     return {name: env[name] for name in graph.outputs}

@@ -73,10 +73,17 @@ def batchnorm_as_depthwise(graph: Graph) -> Graph:
             continue
         c = node.params["scale"].numel()
         node.op = "conv2d"
-        node.attrs = {"stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1),
-                      "groups": c, "act": "none"}
-        node.params = {"weight": node.params["scale"].reshape(c, 1, 1, 1).clone(),
-                       "bias": node.params["shift"].clone()}
+        node.attrs = {
+            "stride": (1, 1),
+            "padding": (0, 0, 0, 0),
+            "dilation": (1, 1),
+            "groups": c,
+            "act": "none",
+        }
+        node.params = {
+            "weight": node.params["scale"].reshape(c, 1, 1, 1).clone(),
+            "bias": node.params["shift"].clone(),
+        }
     return g
 
 
@@ -96,5 +103,11 @@ def strip_params_grad(graph: Graph) -> Graph:
     return g
 
 
-__all__ = ["canonicalize", "fold_batchnorm", "fuse_activations", "batchnorm_as_depthwise",
-           "strip_params_grad", "torch"]
+__all__ = [
+    "canonicalize",
+    "fold_batchnorm",
+    "fuse_activations",
+    "batchnorm_as_depthwise",
+    "strip_params_grad",
+    "torch",
+]

@@ -21,7 +21,7 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv2d -> BatchNorm2d -> activation, indexed 0/1/2 like torchvision's Conv2dNormActivation."""
+    """Conv2d -> BatchNorm2d -> activation, indexed 0/1/2 as in torchvision."""
 
     def __init__(
         self,

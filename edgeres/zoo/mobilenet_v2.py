@@ -46,7 +46,7 @@ class IRNetConfig:
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 with the torchvision state_dict layout (``features.N.conv.M``, ``classifier.1``)."""
+    """MobileNetV2 with the torchvision state_dict layout (``features.N.conv.M``)."""
 
     def __init__(self, cfg: IRNetConfig = IRNetConfig()) -> None:
         super().__init__()

@@ -16,8 +16,15 @@ FMNIST = Preprocess(mean=(0.2860,), std=(0.3530,))
 # The Fashion-MNIST MobileNetV2 keeps the paper's block table at width 0.35, but keeps the
 # 28x28 input at full resolution in the stem and the first stage (stride 1) so that the
 # feature maps go 28 -> 14 -> 7 -> 4 instead of collapsing to 1x1.
-FMNIST_TABLE = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 1), (6, 320, 1, 1))
+FMNIST_TABLE = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 1),
+    (6, 320, 1, 1),
+)
 
 
 def imagenet_mobilenet_v2_weights() -> Path:
@@ -43,30 +50,64 @@ def shipped(name: str) -> Path:
 
 def _mnv2(width: float):
     def factory(num_classes: int, in_chans: int, img_size: int) -> MobileNetV2:
-        return MobileNetV2(IRNetConfig(MOBILENET_V2_TABLE, width=width, in_chans=in_chans,
-                                       num_classes=num_classes))
+        return MobileNetV2(
+            IRNetConfig(MOBILENET_V2_TABLE, width=width, in_chans=in_chans, num_classes=num_classes)
+        )
 
     return factory
 
 
 def _mnv2_fmnist(num_classes: int, in_chans: int, img_size: int) -> MobileNetV2:
-    cfg = IRNetConfig(FMNIST_TABLE, width=0.35, stem_stride=1, in_chans=in_chans,
-                      num_classes=num_classes, dropout=0.1)
+    cfg = IRNetConfig(
+        FMNIST_TABLE,
+        width=0.35,
+        stem_stride=1,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        dropout=0.1,
+    )
     return MobileNetV2(cfg)
 
 
-register_model(ModelEntry(
-    "mobilenet_v2_100", _mnv2(1.0), 224, 3, 1000, IMAGENET, "imagenet",
-    weights={"imagenet": imagenet_mobilenet_v2_weights}, default_weights="imagenet",
-    paper_params=3_504_872, description="MobileNetV2-1.0, ImageNet-1k",
-))
+register_model(
+    ModelEntry(
+        "mobilenet_v2_100",
+        _mnv2(1.0),
+        224,
+        3,
+        1000,
+        IMAGENET,
+        "imagenet",
+        weights={"imagenet": imagenet_mobilenet_v2_weights},
+        default_weights="imagenet",
+        paper_params=3_504_872,
+        description="MobileNetV2-1.0, ImageNet-1k",
+    )
+)
 for _w, _tag in ((0.75, "075"), (0.5, "050"), (0.35, "035")):
-    register_model(ModelEntry(
-        f"mobilenet_v2_{_tag}", _mnv2(_w), 224, 3, 1000, IMAGENET, "imagenet",
-        description=f"MobileNetV2-{_w}, ImageNet-1k layout (random init)",
-    ))
-register_model(ModelEntry(
-    "mobilenet_v2_fmnist", _mnv2_fmnist, 28, 1, 10, FMNIST, "fmnist",
-    weights={"fmnist": lambda: shipped("mobilenet_v2_fmnist.pth")}, default_weights="fmnist",
-    description="MobileNetV2-0.35 for 28x28 grey Fashion-MNIST (trained here)",
-))
+    register_model(
+        ModelEntry(
+            f"mobilenet_v2_{_tag}",
+            _mnv2(_w),
+            224,
+            3,
+            1000,
+            IMAGENET,
+            "imagenet",
+            description=f"MobileNetV2-{_w}, ImageNet-1k layout (random init)",
+        )
+    )
+register_model(
+    ModelEntry(
+        "mobilenet_v2_fmnist",
+        _mnv2_fmnist,
+        28,
+        1,
+        10,
+        FMNIST,
+        "fmnist",
+        weights={"fmnist": lambda: shipped("mobilenet_v2_fmnist.pth")},
+        default_weights="fmnist",
+        description="MobileNetV2-0.35 for 28x28 grey Fashion-MNIST (trained here)",
+    )
+)

@@ -1,0 +1,131 @@
+"""Quantization configs: frozen dataclasses that round-trip through JSON (no option bags).
+
+>>> PTQConfig.from_json(PTQConfig(weight_bits=4).to_json()) == PTQConfig(weight_bits=4)
+True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from edgeres.errors import UserError
+
+WeightObserver = Literal["minmax", "mse"]
+ActObserver = Literal["minmax", "percentile", "mse", "entropy"]
+
+
+class _JsonConfig:
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["kind"] = type(self).__name__
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]):
+        d = {k: v for k, v in d.items() if k != "kind"}
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(
+                f"{cls.__name__}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        for k, v in d.items():
+            if isinstance(v, list):
+                d[k] = tuple(v)
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PTQConfig(_JsonConfig):
+    """Post-training quantization.
+
+    ``per_channel=None`` takes the target's default; ``ignore`` lists node names (or prefixes
+    ending in '*') kept in float; ``bias_correction`` removes the mean output shift that
+    weight rounding causes, measured on the calibration data.
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool | None = None
+    weight_observer: WeightObserver = "mse"
+    act_observer: ActObserver = "percentile"
+    percentile: float = 99.99
+    bias_correction: bool = True
+    ignore: tuple[str, ...] = ()
+    calib_batch: int = 32
+
+    def __post_init__(self) -> None:
+        if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
+            raise UserError(f"weight_bits must be 2..8, got {self.weight_bits}")
+        if self.act_bits not in (8, 16):
+            raise UserError(f"act_bits must be 8 or 16, got {self.act_bits}")
+        if self.weight_observer not in ("minmax", "mse"):
+            raise UserError(f"weight_observer must be minmax|mse, got '{self.weight_observer}'")
+        if self.act_observer not in ("minmax", "percentile", "mse", "entropy"):
+            raise UserError(
+                f"act_observer must be minmax|percentile|mse|entropy, got '{self.act_observer}'"
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise UserError(f"percentile must be in (50, 100], got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class RExConfig(_JsonConfig):
+    """REx residual error expansion (Yvinec et al. 2023): K weight terms, group sparsity gamma.
+
+    ``budget_macs`` caps the extra MACs as a fraction of the plain model (0.25 = +25%);
+    ``budget_bytes`` caps the extra weight bytes; with a budget, K and gamma are chosen per
+    layer. Activations are calibrated as in ``ptq``.
+    """
+
+    order: int = 2
+    sparsity: float = 0.5
+    weight_bits: int = 8
+    budget_macs: float | None = None
+    budget_bytes: int | None = None
+    ptq: PTQConfig = PTQConfig()
+
+    def __post_init__(self) -> None:
+        if self.order < 1:
+            raise UserError(f"REx order must be >= 1, got {self.order}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UserError(f"REx sparsity gamma must be in [0, 1), got {self.sparsity}")
+        if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
+            raise UserError(f"REx weight_bits must be 2..8, got {self.weight_bits}")
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RExConfig:
+        d = dict(d)
+        if isinstance(d.get("ptq"), dict):
+            d["ptq"] = PTQConfig.from_json(d["ptq"])
+        return super().from_json(d)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class QATConfig(_JsonConfig):
+    """Quantization-aware training with distillation from the float model."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool | None = None
+    epochs: int = 3
+    steps: int | None = None
+    lr: float = 1e-3
+    batch: int = 128
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.7
+    freeze_bn_epoch: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"QAT epochs must be >= 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"QAT steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise UserError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")

@@ -1,0 +1,204 @@
+"""One parser for the data specs the CLI takes (``--calib``, ``--eval``, calibration scripts).
+
+=======================  ==============================================================
+spec                     what
+=======================  ==============================================================
+``fmnist:train``         Fashion-MNIST training split (60k, labelled; 1x28x28)
+``fmnist:test``          Fashion-MNIST test split (10k, labelled)
+``imagenet-samples``     the 20 labelled ImageNet val images from foolbox (3x224x224)
+``imagenet-agreement``   240 crop/flip views of those 20 images (labels of the source)
+``photos``               natural photos from scikit-image/scikit-learn/matplotlib, random
+                         crops and flips (unlabelled; 128 unless a count is given)
+``folder:PATH``          an image folder (optional class sub-folders = labels)
+``npz:PATH``             arrays: ``x`` float NCHW preprocessed, or ``images`` uint8 NHWC
+``synthetic``            data-free: inputs optimised to match the model's BatchNorm
+                         statistics (32 unless a count is given; needs the model)
+=======================  ==============================================================
+
+``@N`` after any spec takes N samples: a seeded random subset of a fixed set (sorted, so
+``fmnist:train@512`` is always the same 512 images), or N generated inputs for ``photos`` and
+``synthetic``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeres.data.folders import (
+    check_batch,
+    check_labels,
+    expected_shape,
+    list_image_folder,
+    load_image_folder,
+    load_npz,
+)
+from edgeres.data.preprocess import Preprocess
+from edgeres.errors import UserError
+
+KINDS = ("fmnist", "imagenet-samples", "imagenet-agreement", "photos", "folder", "npz",
+         "synthetic")
+_NEEDS_ARG = {"fmnist": "fmnist:train or fmnist:test", "folder": "folder:PATH",
+              "npz": "npz:PATH"}
+DEFAULT_COUNT = {"photos": 128, "synthetic": 32}
+_COUNT_RE = re.compile(r"^(.*)@(\d+)$")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed spec: ``kind[:arg][@count]``."""
+
+    kind: str
+    arg: str | None = None
+    count: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DataSpec:
+        text = text.strip()
+        count = None
+        match = _COUNT_RE.match(text)
+        if match:
+            text, count = match.group(1), int(match.group(2))
+            if count < 1:
+                raise UserError(f"data spec '{text}@{count}': the count must be at least 1")
+        kind, _, arg = text.partition(":")
+        kind = kind.strip().lower()
+        if kind not in KINDS:
+            raise UserError(f"unknown data spec '{text}'. Known: fmnist:train, fmnist:test, "
+                            "imagenet-samples, imagenet-agreement, photos, folder:PATH, "
+                            "npz:PATH, synthetic (each optionally @N)")
+        if kind in _NEEDS_ARG and not arg:
+            raise UserError(f"data spec '{text}' needs an argument: {_NEEDS_ARG[kind]}")
+        if kind not in _NEEDS_ARG and arg:
+            raise UserError(f"data spec '{kind}' takes no ':{arg}' argument")
+        if kind == "fmnist" and arg not in ("train", "test"):
+            raise UserError(f"data spec '{text}': the Fashion-MNIST split is 'train' or 'test'")
+        return cls(kind, arg or None, count)
+
+    def __str__(self) -> str:
+        base = f"{self.kind}:{self.arg}" if self.arg else self.kind
+        return f"{base}@{self.count}" if self.count else base
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """Model inputs (float NCHW, already preprocessed), labels or None, and where they came
+    from (the spec text)."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def subset_indices(total: int, count: int | None, seed: int, where: str) -> np.ndarray:
+    """The same ``count`` of ``total`` indices for the same seed, in ascending order."""
+    if count is None:
+        return np.arange(total)
+    if count > total:
+        raise UserError(f"{where}: asked for {count} samples, only {total} exist")
+    return np.sort(np.random.default_rng(seed).permutation(total)[:count])
+
+
+def _need_channels(where: str, data_chans: int, data_size: int, in_chans: int,
+                   img_size: int | None) -> None:
+    if data_chans != in_chans:
+        raise UserError(f"{where} are {data_chans}-channel {data_size}x{data_size} images; "
+                        f"the model expects {expected_shape(in_chans, img_size)}: pick data "
+                        "that fits the model")
+
+
+def _fmnist(split: str, idx_count: int | None, seed: int, preprocess: Preprocess,
+            in_chans: int, img_size: int | None, where: str):
+    from edgeres.data.fmnist import load_fmnist
+
+    _need_channels(f"'{where}' (Fashion-MNIST)", 1, 28, in_chans, img_size)
+    images, labels = load_fmnist(split)
+    idx = subset_indices(len(images), idx_count, seed, where)
+    chunks = [preprocess(images[idx[i : i + 4096], :, :, None].copy())
+              for i in range(0, len(idx), 4096)]
+    return torch.cat(chunks), torch.from_numpy(labels[idx])
+
+
+def _imagenet(kind: str, count: int | None, seed: int, preprocess: Preprocess,
+              in_chans: int, img_size: int | None, where: str):
+    from edgeres.data.imagenet import imagenet_agreement_set, load_imagenet_samples
+
+    _need_channels(f"'{where}' (ImageNet samples)", 3, preprocess.crop or 224, in_chans,
+                   img_size)
+    if kind == "imagenet-agreement":
+        x, y = imagenet_agreement_set(preprocess)
+    else:
+        images, labels = load_imagenet_samples()
+        x, y = torch.cat([preprocess(im) for im in images]), torch.from_numpy(labels)
+    idx = torch.from_numpy(subset_indices(len(x), count, seed, where))
+    return x[idx], y[idx]
+
+
+def load_spec(
+    spec: str | DataSpec,
+    preprocess: Preprocess,
+    in_chans: int,
+    img_size: int | None,
+    n: int | None = None,
+    *,
+    model: nn.Module | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> DataSet:
+    """Load a data spec as model inputs, checked against ``[N, in_chans, img_size, img_size]``.
+
+    ``n`` is the count used when the spec has no ``@N`` (None: the whole set, or the default
+    of a generated one). ``model`` is needed only by ``synthetic``. ``img_size=None`` accepts
+    any spatial size. Every problem is a UserError naming the spec or file.
+
+    >>> from edgeres.data.preprocess import IMAGENET
+    >>> ds = load_spec("imagenet-samples@4", IMAGENET, in_chans=3, img_size=224)
+    >>> tuple(ds.x.shape), ds.name
+    ((4, 3, 224, 224), 'imagenet-samples@4')
+    """
+    parsed = spec if isinstance(spec, DataSpec) else DataSpec.parse(spec)
+    count = parsed.count if parsed.count is not None else n
+    if count is not None and count < 1:
+        raise UserError(f"data spec '{parsed}': the count must be at least 1, got {count}")
+    where = str(parsed)
+    y = None
+    if parsed.kind == "fmnist":
+        x, y = _fmnist(parsed.arg, count, seed, preprocess, in_chans, img_size, where)
+    elif parsed.kind in ("imagenet-samples", "imagenet-agreement"):
+        x, y = _imagenet(parsed.kind, count, seed, preprocess, in_chans, img_size, where)
+    elif parsed.kind == "photos":
+        from edgeres.data.photos import photo_calibration_set
+
+        x = photo_calibration_set(preprocess, count or DEFAULT_COUNT["photos"], seed=seed,
+                                  size=img_size)
+    elif parsed.kind == "folder":
+        files = list_image_folder(Path(parsed.arg))[0]
+        pick = [files[i] for i in subset_indices(len(files), count, seed, where)]
+        x, y, _ = load_image_folder(Path(parsed.arg), preprocess, in_chans, img_size, pick)
+    elif parsed.kind == "npz":
+        x, y = load_npz(Path(parsed.arg), preprocess, in_chans, img_size)
+        idx = torch.from_numpy(subset_indices(len(x), count, seed, where))
+        x, y = x[idx], (None if y is None else y[idx])
+    else:  # synthetic
+        if model is None:
+            raise UserError("the 'synthetic' data spec needs the model: data-free calibration "
+                            "optimises inputs against its BatchNorm statistics")
+        if not img_size:
+            raise UserError("the 'synthetic' data spec needs the model's input size")
+        from edgeres.data.synthetic import synthesize_inputs
+
+        x = synthesize_inputs(model, (in_chans, img_size, img_size),
+                              n=count or DEFAULT_COUNT["synthetic"], seed=seed,
+                              preprocess=preprocess, progress=progress)
+    check_batch(x, f"data spec '{where}'", in_chans, img_size)
+    if y is not None:
+        y = check_labels(y, x.shape[0], f"data spec '{where}'")
+    return DataSet(x.contiguous(), y, where)

@@ -1,0 +1,140 @@
+"""Activation range observers: min-max, percentile, MSE-optimal and entropy (KL).
+
+Two passes over the calibration data: pass one records min/max, pass two fills a fixed
+2048-bin histogram over that range, from which percentile / MSE / entropy ranges are read.
+The histogram search is hand-written because no maintained library exposes it as a plain
+function over a histogram (ORT's and TensorRT's calibrators are tied to their own graphs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BINS = 2048
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one activation tensor over the calibration set."""
+
+    lo: float = float("inf")
+    hi: float = float("-inf")
+    hist: np.ndarray | None = None
+    channel_sum: Tensor | None = None  # per-channel sum over N, H, W (for bias correction)
+    count: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def update_range(self, x: Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise ValueError("non-finite activation")
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+
+    def update_channel_mean(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            return
+        dims = [d for d in range(x.dim()) if d != 1]
+        s = x.to(torch.float64).sum(dim=dims)
+        self.channel_sum = s if self.channel_sum is None else self.channel_sum + s
+        self.count += x.numel() // x.shape[1]
+
+    def channel_mean(self) -> Tensor | None:
+        if self.channel_sum is None or self.count == 0:
+            return None
+        return self.channel_sum / self.count
+
+    def update_hist(self, x: Tensor) -> None:
+        lo, hi = self.bin_range()
+        h = torch.histc(x.to(torch.float32).flatten(), BINS, lo, hi).to(torch.float64).numpy()
+        self.hist = h if self.hist is None else self.hist + h
+
+    def bin_range(self) -> tuple[float, float]:
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if hi - lo < 1e-12:
+            hi = lo + 1e-6
+        return lo, hi
+
+
+def _edges(stats: TensorStats) -> np.ndarray:
+    lo, hi = stats.bin_range()
+    return np.linspace(lo, hi, BINS + 1)
+
+
+def percentile_range(stats: TensorStats, pct: float) -> tuple[float, float]:
+    """Clip the (100-pct)/2 % tails on each side of the histogram (only sides with mass)."""
+    if stats.hist is None:
+        return stats.lo, stats.hi
+    cdf = np.cumsum(stats.hist) / max(stats.hist.sum(), 1.0)
+    edges = _edges(stats)
+    tail = (100.0 - pct) / 100.0
+    lo_i = int(np.searchsorted(cdf, tail / 2 if stats.lo < 0 else 0.0))
+    hi_i = int(np.searchsorted(cdf, 1.0 - (tail / 2 if stats.lo < 0 else tail)))
+    lo = edges[lo_i] if stats.lo < 0 else stats.lo
+    hi = edges[min(hi_i + 1, BINS)]
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def _quant_error(centers: np.ndarray, hist: np.ndarray, lo: float, hi: float, levels: int) -> float:
+    scale = max(hi - lo, 1e-12) / (levels - 1)
+    q = np.clip(np.round((centers - lo) / scale), 0, levels - 1) * scale + lo
+    return float(np.sum(hist * (centers - q) ** 2))
+
+
+def mse_range(stats: TensorStats, levels: int, steps: int = 100) -> tuple[float, float]:
+    """The clip range (shrinking both ends together) with the least expected squared error."""
+    if stats.hist is None:
+        return stats.lo, stats.hi
+    edges = _edges(stats)
+    centers = (edges[:-1] + edges[1:]) / 2
+    lo0, hi0 = stats.bin_range()
+    best, best_err = (lo0, hi0), float("inf")
+    for r in np.linspace(0.3, 1.0, steps):
+        lo, hi = lo0 * r, hi0 * r
+        err = _quant_error(centers, stats.hist, lo, hi, levels)
+        if err < best_err:
+            best, best_err = (lo, hi), err
+    return best
+
+
+def entropy_range(stats: TensorStats, levels: int) -> tuple[float, float]:
+    """TensorRT-style KL-divergence calibration on the side of the histogram away from 0."""
+    if stats.hist is None:
+        return stats.lo, stats.hi
+    hist = stats.hist
+    edges = _edges(stats)
+    zero_bin = int(np.clip(np.searchsorted(edges, 0.0) - 1, 0, BINS - 1))
+    pos = hist[zero_bin:]
+    if pos.sum() == 0:
+        return stats.lo, stats.hi
+    n_q = max(levels // 2 if stats.lo < 0 else levels, 2)
+    best_i, best_kl = len(pos), float("inf")
+    for i in range(max(n_q, 16), len(pos) + 1, max(1, len(pos) // 128)):
+        p = pos[:i].copy()
+        p[-1] += pos[i:].sum()
+        chunks = np.array_split(pos[:i], n_q)
+        q = np.concatenate([np.where(c > 0, c.sum() / max((c > 0).sum(), 1), 0.0) for c in chunks])
+        p_n, q_n = p / p.sum(), q / max(q.sum(), 1e-30)
+        mask = p_n > 0
+        kl = float(np.sum(p_n[mask] * np.log(p_n[mask] / np.maximum(q_n[mask], 1e-12))))
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    hi = edges[zero_bin + best_i]
+    ratio = hi / max(stats.hi, 1e-12)
+    lo = stats.lo * ratio if stats.lo < 0 else stats.lo
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def choose_range(stats: TensorStats, method: str, levels: int, pct: float) -> tuple[float, float]:
+    if method == "minmax":
+        return stats.lo, stats.hi
+    if method == "percentile":
+        return percentile_range(stats, pct)
+    if method == "mse":
+        return mse_range(stats, levels)
+    if method == "entropy":
+        return entropy_range(stats, levels)
+    raise ValueError(f"unknown activation observer '{method}'")

@@ -1,0 +1,174 @@
+"""Post-training quantization: plan, calibrate, quantize weights, correct biases -> QModel.
+
+>>> from edgeres import create_model, load_target
+>>> import torch
+>>> qm = quantize(create_model("mobilenet_v2_fmnist"), PTQConfig(), load_target("arm-cpu-tflite"),
+...               torch.randn(8, 1, 28, 28))
+>>> sorted(qm.act_qparams)[:1]
+['features.0.0']
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+from torch import Tensor, nn
+
+from edgeres.config import PTQConfig
+from edgeres.errors import UserError
+from edgeres.graph.capture import capture
+from edgeres.graph.ir import Graph, Node, run_graph
+from edgeres.qtypes import QParams, QSpec, bias_qparams
+from edgeres.quant.observers import TensorStats, choose_range
+from edgeres.quant.plan import QuantPlan, make_plan
+from edgeres.quant.primitives import qparams_from_range, quantize_weight, weight_qparams
+from edgeres.quant.qmodel import QModel, QuantWeight
+from edgeres.targets import Target
+
+
+def check_calibration_data(x: Tensor, graph: Graph) -> None:
+    """Reject empty, non-finite or mis-shaped calibration data with a clear message."""
+    expected = graph.inputs[0].shape
+    if x.numel() == 0 or x.shape[0] == 0:
+        raise UserError("calibration data is empty: give at least one sample")
+    if x.dim() != len(expected) or tuple(x.shape[1:]) != tuple(expected[1:]):
+        raise UserError(
+            f"calibration data has shape {list(x.shape)}; the model expects "
+            f"[N, {', '.join(map(str, expected[1:]))}] (check channels and image size)"
+        )
+    if not torch.isfinite(x).all():
+        raise UserError("calibration data contains NaN or Inf values")
+
+
+def _batches(x: Tensor, size: int) -> Iterable[Tensor]:
+    for i in range(0, x.shape[0], size):
+        yield x[i : i + size]
+
+
+def collect_stats(
+    graph: Graph, plan: QuantPlan, x: Tensor, cfg: PTQConfig, progress: bool = False
+) -> dict[str, TensorStats]:
+    """Observe every planned tensor: ranges, histograms (pass two) and per-channel means."""
+    stats = {t: TensorStats() for t in plan.act_specs}
+    wants_mean = {n.inputs[0] for n in graph.nodes if n.name in plan.weight_specs}
+    need_hist = cfg.act_observer != "minmax"
+    passes = 2 if need_hist else 1
+    batches = list(_batches(x, cfg.calib_batch))
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("calibrating", total=passes * len(batches))
+        for p in range(passes):
+
+            def observe(name: str, value: Tensor, p: int = p) -> None:
+                s = stats.get(name)
+                if s is None:
+                    return
+                if p == 0:
+                    s.update_range(value)
+                    if name in wants_mean:
+                        s.update_channel_mean(value)
+                else:
+                    s.update_hist(value)
+
+            for xb in batches:
+                run_graph(graph, xb, dtype=torch.float32, observe=observe)
+                bar.advance(task)
+    return stats
+
+
+def activation_qparams(
+    plan: QuantPlan, stats: dict[str, TensorStats], cfg: PTQConfig
+) -> dict[str, QParams]:
+    out: dict[str, QParams] = {}
+    for t, spec in plan.act_specs.items():
+        if t in plan.fixed:
+            out[t] = plan.fixed[t]
+            continue
+        lo, hi = choose_range(stats[t], cfg.act_observer, spec.qmax - spec.qmin + 1, cfg.percentile)
+        out[t] = qparams_from_range(spec, lo, hi)
+    for t, src in plan.shared.items():  # in graph order, so chains resolve front to back
+        out[t] = out[src]
+    return out
+
+
+def _weight_shift(node: Node, dw: Tensor, in_mean: Tensor) -> Tensor:
+    """Mean output shift caused by the weight error ``dw`` for an input with channel means."""
+    if node.op == "linear":
+        return dw @ in_mean
+    groups = node.attrs["groups"]
+    per_out = dw.sum(dim=(2, 3))  # [O, I/groups]
+    in_per_group = per_out.shape[1]
+    out_per_group = per_out.shape[0] // groups
+    means = in_mean.reshape(groups, in_per_group).repeat_interleave(out_per_group, dim=0)
+    return (per_out * means).sum(dim=1)
+
+
+def quantize_node_weights(
+    node: Node, spec: QSpec, in_qp: QParams, method: str, in_mean: Tensor | None
+) -> QuantWeight:
+    """Integer weight codes, optionally bias-corrected, and int32 bias codes."""
+    w = node.params["weight"].detach().to(torch.float64)
+    qp = weight_qparams(w, spec, method)
+    codes = quantize_weight(w, qp)
+    bias = node.params["bias"].detach().to(torch.float64)
+    if in_mean is not None:
+        dq = qp.dequantize(torch.from_numpy(codes.astype(np.int64)))
+        bias = bias - _weight_shift(node, dq - w, in_mean)
+    bqp = bias_qparams(in_qp, qp)
+    bscale = torch.from_numpy(bqp.scale.astype(np.float64))
+    bias_codes = torch.round(bias / bscale).clamp(-(2**31), 2**31 - 1).to(torch.int64).numpy()
+    return QuantWeight(codes, qp, bias_codes.astype(np.int32), bqp)
+
+
+def quantize_graph(
+    graph: Graph, cfg: PTQConfig, target: Target, calib: Tensor, progress: bool = False
+) -> QModel:
+    """PTQ of a captured graph. See :func:`quantize` for a module."""
+    check_calibration_data(calib, graph)
+    started = time.perf_counter()
+    plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
+    stats = collect_stats(graph, plan, calib, cfg, progress)
+    act_qp = activation_qparams(plan, stats, cfg)
+    weights: dict[str, QuantWeight] = {}
+    for node in graph.nodes:
+        spec = plan.weight_specs.get(node.name)
+        if spec is None:
+            continue
+        mean = stats[node.inputs[0]].channel_mean() if cfg.bias_correction else None
+        weights[node.name] = quantize_node_weights(
+            node, spec, act_qp[node.inputs[0]], cfg.weight_observer, mean
+        )
+    meta = {
+        "plan": plan.to_json(),
+        "config": cfg.to_json(),
+        "target": target.name,
+        "calibration_samples": int(calib.shape[0]),
+        "quantize_seconds": round(time.perf_counter() - started, 3),
+    }
+    qm = QModel(graph, act_qp, weights, scheme="ptq", meta=meta)
+    qm.plan = plan  # type: ignore[attr-defined]
+    return qm
+
+
+def quantize(
+    model: nn.Module | Graph, cfg: PTQConfig, target: Target, calib: Tensor, progress: bool = False
+) -> QModel:
+    """Quantize ``model`` for ``target`` with ``cfg``, calibrated on ``calib`` (NCHW floats)."""
+    graph = model if isinstance(model, Graph) else capture(model, calib[:1])
+    return quantize_graph(graph, cfg, target, calib, progress)
+
+
+def layer_sqnr(qmodel: QModel, x: Tensor) -> list[tuple[str, float]]:
+    """Per-layer SQNR (dB) of the simulation against the float graph on the same input."""
+    from edgeres.quant.primitives import sqnr_db
+
+    ref = run_graph(qmodel.graph, x, keep=True)
+    sim = qmodel.simulate(x, keep=True)
+    return [(n.name, sqnr_db(ref[n.output], sim[n.output])) for n in qmodel.graph.nodes]
+
+
+__all__ = ["quantize", "quantize_graph", "layer_sqnr", "check_calibration_data", "F"]
