@@ -140,15 +140,10 @@ def make_plan(
         if node.op not in ("conv2d", "linear"):
             continue
         dw = is_depthwise(node)
-        wanted = target.weight_qspec(weight_bits, depthwise=dw)
-        if per_channel is not None:
-            wanted = QSpec(
-                wanted.bits,
-                wanted.signed,
-                wanted.symmetric,
-                0 if per_channel else None,
-                wanted.narrow_range,
-            )
+        base = target.weight_qspec(weight_bits, depthwise=dw)  # UserError for bits it lacks
+        # Ask for per-channel unless told otherwise, so a target that cannot do it says why.
+        axis = None if per_channel is False else 0
+        wanted = QSpec(base.bits, base.signed, base.symmetric, axis, base.narrow_range)
         honoured = target.check_qspec(wanted, layer=node.name, depthwise=dw)
         weight_specs[node.name] = honoured.spec
         if honoured.reason:

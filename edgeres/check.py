@@ -1,0 +1,227 @@
+"""Accuracy checks of a bundle against its float reference, and the per-layer debugger.
+
+Everything here works from the bundle alone (manifest + files), as an app would: inputs are
+preprocessed float NCHW, laid out and quantized exactly as the manifest says, run on the
+target's runtime, and compared with ``float.onnx`` in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeres.bundle import Bundle
+from edgeres.errors import UserError
+
+# The runtime each target runtime is checked with on this host. Vela output needs an Ethos-U;
+# TFLM is bit-exact with LiteRT's reference kernels (tested), which are much faster here.
+HOST_RUNTIME = {"onnxruntime": "onnxruntime", "litert-xnnpack": "litert-xnnpack",
+                "litert-ref": "litert-ref", "tflm": "litert-ref", "vela": "litert-ref"}
+RUNTIMES = ("onnxruntime", "litert-xnnpack", "litert-ref", "tflm")
+
+
+def encode_input(x: np.ndarray, entry: dict) -> np.ndarray:
+    """Float NCHW model input -> what the file takes (layout, then quantization)."""
+    if entry.get("layout") == "NHWC" and x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)
+    if entry.get("scale") is None:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    info = np.iinfo(np.dtype(entry["dtype"]))
+    q = np.round(x.astype(np.float32) / np.float32(entry["scale"])) + entry["zero_point"]
+    return np.clip(q, info.min, info.max).astype(entry["dtype"])
+
+
+def decode_output(y: np.ndarray, entry: dict) -> np.ndarray:
+    """Raw model output -> float values in the IR's layout."""
+    y = y.astype(np.float64)
+    if entry.get("scale") is not None:
+        y = (y - entry["zero_point"]) * entry["scale"]
+    if entry.get("layout") == "NHWC" and y.ndim == 4:
+        y = y.transpose(0, 3, 1, 2)
+    return y
+
+
+def run_model(bundle: Bundle, x: np.ndarray, runtime: str | None = None, threads: int = 1
+              ) -> list[np.ndarray]:
+    """Run the bundle's model on float NCHW ``x``; returns raw outputs (file dtype/layout)."""
+    runtime = runtime or HOST_RUNTIME[bundle.manifest["runtime"]]
+    entry = bundle.manifest["inputs"][0]
+    feed = [encode_input(x, entry)]
+    path = bundle.model_file
+    if runtime == "onnxruntime":
+        if path.suffix != ".onnx":
+            raise UserError(f"runtime onnxruntime cannot run {path.name}; use a LiteRT runtime")
+        from edgeres.runtime.onnxruntime import run_onnx
+
+        return run_onnx(path, feed, threads=threads)
+    if path.suffix != ".tflite":
+        raise UserError(f"runtime {runtime} cannot run {path.name}; use --runtime onnxruntime")
+    if runtime == "tflm":
+        from edgeres.runtime.tflm import run_tflm
+
+        return run_tflm(path, feed).outputs
+    if runtime not in ("litert-xnnpack", "litert-ref"):
+        raise UserError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+    from edgeres.runtime.litert import run_tflite
+
+    kernels = "xnnpack" if runtime == "litert-xnnpack" else "ref"
+    return run_tflite(path, feed, kernels=kernels, threads=threads)
+
+
+def run_float(bundle: Bundle, x: np.ndarray) -> np.ndarray:
+    from edgeres.runtime.onnxruntime import run_onnx
+
+    return run_onnx(bundle.float_file, [np.ascontiguousarray(x, np.float32)])[0].astype(np.float64)
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    noise = float(np.mean((ref - test) ** 2))
+    signal = float(np.mean(ref**2))
+    return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+
+
+@dataclass
+class Agreement:
+    """Quantized vs float on the same inputs."""
+
+    samples: int
+    top1_agreement: float  # % of samples where both predict the same class
+    sqnr_db: float  # of the logits
+    float_top1: float | None = None  # % accuracy against labels, when labels exist
+    quant_top1: float | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
+                for k, v in d.items()}
+
+
+def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> Agreement:
+    agree = float(np.mean(ref.argmax(1) == test.argmax(1))) * 100
+    res = Agreement(len(ref), agree, sqnr_db(ref, test))
+    if labels is not None:
+        res.float_top1 = float(np.mean(ref.argmax(1) == labels)) * 100
+        res.quant_top1 = float(np.mean(test.argmax(1) == labels)) * 100
+    return res
+
+
+def evaluate(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, runtime: str | None = None,
+             batch: int = 256) -> Agreement:
+    """Float reference vs the bundle's model over ``x`` (float NCHW), in batches."""
+    refs, tests = [], []
+    out_entry = bundle.manifest["outputs"][0]
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        refs.append(run_float(bundle, xb))
+        tests.append(decode_output(run_model(bundle, xb, runtime)[0], out_entry))
+    return compare(np.concatenate(refs), np.concatenate(tests), y)
+
+
+@dataclass
+class LayerError:
+    tensor: str
+    sqnr_db: float
+
+
+@dataclass
+class LayerReport:
+    """Per-layer float-vs-int SQNR along the graph, and where the error jumps first."""
+
+    layers: list[LayerError] = field(default_factory=list)
+    first_jump: str | None = None
+    jump_db: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"first_jump": self.first_jump, "jump_db": round(self.jump_db, 2),
+                "layers": [{"tensor": t.tensor, "sqnr_db": round(t.sqnr_db, 2)
+                            if math.isfinite(t.sqnr_db) else None} for t in self.layers]}
+
+
+def _float_intermediates(bundle: Bundle, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Every named tensor of float.onnx, exposed as extra outputs and run in ORT."""
+    from edgeres.runtime.onnxruntime import run_onnx
+
+    model = onnx.load(bundle.float_file)
+    known = {o for n in model.graph.node for o in n.output}
+    wanted = [n for n in names if n in known and n not in {o.name for o in model.graph.output}]
+    for n in wanted:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    outs = run_onnx(model.SerializeToString(), [x.astype(np.float32)])
+    all_names = [o.name for o in model.graph.output]
+    return dict(zip(all_names, outs, strict=True))
+
+
+def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerReport:
+    """SQNR of every quantized tensor the runtime exposes against the float graph.
+
+    The first layer whose SQNR drops by more than ``jump_db`` below the best seen so far is
+    named: that is where to look (ignore list, per-channel, REx on that layer).
+    """
+    order = bundle.manifest.get("tensor_order", [])
+    if bundle.model_file.suffix != ".tflite":
+        raise UserError("the per-layer debugger reads LiteRT tensors; it needs a .tflite bundle")
+    from edgeres.runtime.litert import make_interpreter
+
+    feed = encode_input(x[:1], bundle.manifest["inputs"][0])
+    it = make_interpreter(bundle.model_file, "ref", keep_all=True)
+    it.set_tensor(it.get_input_details()[0]["index"], feed)
+    it.invoke()
+    runtime_t = {}
+    for d in it.get_tensor_details():
+        if d["name"] in order:
+            try:
+                runtime_t[d["name"]] = (it.get_tensor(d["index"]).copy(), d)
+            except ValueError:
+                continue
+    floats = _float_intermediates(bundle, x[:1], list(runtime_t))
+    report = LayerReport()
+    best = -math.inf
+    for name in order:
+        if name not in runtime_t or name not in floats:
+            continue
+        raw, d = runtime_t[name]
+        scale, zp = d["quantization"]
+        value = raw.astype(np.float64)
+        if scale:
+            value = (value - zp) * scale
+        ref = floats[name].astype(np.float64)
+        if value.ndim == 4 and value.shape != ref.shape:
+            value = value.transpose(0, 3, 1, 2)
+        if value.shape != ref.shape:
+            continue
+        s = sqnr_db(ref, value)
+        report.layers.append(LayerError(name, s))
+        if report.first_jump is None and math.isfinite(best) and s < best - jump_db:
+            report.first_jump, report.jump_db = name, best - s
+        if math.isfinite(s):
+            best = max(best, s)
+    return report
+
+
+def check_golden(bundle: Bundle, runtime: str | None = None) -> float:
+    """Max |difference| in output codes between the runtime and the bundle's golden outputs."""
+    from edgeres.data.folders import load_npz  # noqa: F401  (keeps data deps optional)
+
+    path = bundle.root / "golden" / "golden.npz"
+    if not path.is_file():
+        raise UserError(f"bundle {bundle.root} has no golden/golden.npz")
+    with np.load(path, allow_pickle=False) as data:
+        x, expected = data["x"], data["y_raw"]
+    out = run_model(bundle, x, runtime)[0]
+    if out.shape != expected.shape:
+        raise UserError(
+            f"golden output has shape {expected.shape}, the model gives {out.shape}: "
+            "the golden file does not belong to this model"
+        )
+    return float(np.max(np.abs(out.astype(np.int64) - expected.astype(np.int64))))
+
+
+def bundle_root(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"bundle '{p}' does not exist")
+    return p

@@ -1,0 +1,70 @@
+"""``edgeres check``: what it runs and how it prints (kept apart from the check primitives)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edgeres.bundle import load_bundle
+from edgeres.check import check_golden, evaluate, layer_report
+from edgeres.data.preprocess import Preprocess
+from edgeres.errors import UserError
+
+
+def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -> dict:
+    """Verify hashes, golden vectors, float agreement and (for .tflite) per-layer SQNR."""
+    bundle = load_bundle(root)
+    m = bundle.manifest
+    report: dict = {"bundle": str(root), "model": m["model"], "target": m["target"],
+                    "hashes": "ok"}
+    report["golden_max_code_diff"] = check_golden(bundle, runtime)
+    entry = m["inputs"][0]
+    if data:
+        from edgeres.data.specs import load_spec
+
+        pre = Preprocess.from_json(entry["preprocess"])
+        shape = entry["shape"]
+        chans, size = (shape[3], shape[1]) if entry["layout"] == "NHWC" else (shape[1], shape[2])
+        ds = load_spec(data, pre, chans, size)
+        x = ds.x.numpy().astype(np.float32)
+        y = ds.y.numpy() if ds.y is not None else None
+        report["data"] = ds.name
+    else:
+        with np.load(bundle.root / "golden" / "golden.npz", allow_pickle=False) as g:
+            x, y = g["x"], None
+        report["data"] = "golden inputs"
+    report["agreement"] = evaluate(bundle, x, y, runtime).to_json()
+    if layers:
+        if bundle.model_file.suffix == ".tflite":
+            report["layers"] = layer_report(bundle, x).to_json()
+        else:
+            report["layers"] = {"skipped": "the per-layer debugger reads .tflite tensors"}
+    return report
+
+
+def print_check(report: dict, console: Console) -> None:
+    a = report["agreement"]
+    t = Table(title=f"check {report['bundle']}", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("hashes", report["hashes"])
+    t.add_row("golden vectors", f"max code difference {report['golden_max_code_diff']:.0f}")
+    t.add_row("data", f"{report['data']} ({a['samples']} samples)")
+    t.add_row("top-1 agreement with float", f"{a['top1_agreement']:.2f} %")
+    t.add_row("logits SQNR", f"{a['sqnr_db']:.2f} dB")
+    if a.get("float_top1") is not None:
+        t.add_row("top-1 float / quantized", f"{a['float_top1']:.2f} / {a['quant_top1']:.2f} %")
+    layers = report.get("layers", {})
+    if "first_jump" in layers:
+        jump = layers["first_jump"]
+        t.add_row("first error jump", f"{jump} (-{layers['jump_db']:.1f} dB)" if jump else "none")
+        worst = sorted((x for x in layers["layers"] if x["sqnr_db"] is not None),
+                       key=lambda x: x["sqnr_db"])[:3]
+        t.add_row("worst layers", ", ".join(f"{x['tensor']} {x['sqnr_db']:.1f} dB" for x in worst))
+    console.print(t)
+
+
+__all__ = ["run_check", "print_check", "UserError"]

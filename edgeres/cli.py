@@ -1,0 +1,261 @@
+"""The ``edgeres`` command line: convert | bench | check | targets | zoo | explain | qat.
+
+Exit codes: 0 ok, 1 a stated accuracy floor was missed, 2 bad input (one-line message).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeres.errors import AccuracyFloorError, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Quantize residual mobile networks and ship them, checked, to devices.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return str(v)
+
+
+@app.command()
+def zoo() -> None:
+    """List zoo models with parameters, MACs, input size and shipped weights."""
+    import torch
+
+    from edgeres.graph.capture import capture, param_count
+    from edgeres.graph.ir import graph_macs
+    from edgeres.zoo import get_entry, list_models
+
+    table = Table(title="edgeres model zoo")
+    for col in ("model", "params", "MMACs", "input", "weights", "description"):
+        table.add_column(col)
+    for name in list_models():
+        e = get_entry(name)
+        m = e.factory(num_classes=e.num_classes, in_chans=e.in_chans, img_size=e.img_size).eval()
+        g = capture(m, torch.zeros(1, e.in_chans, e.img_size, e.img_size))
+        params = sum(p.numel() for p in m.parameters())
+        avail = []
+        for wname, locate in e.weights.items():
+            try:
+                locate()
+                avail.append(wname)
+            except UserError:
+                avail.append(f"{wname} (missing)")
+        table.add_row(name, f"{params:,}", f"{graph_macs(g) / 1e6:.1f}",
+                      f"{e.in_chans}x{e.img_size}x{e.img_size}", ", ".join(avail) or "-",
+                      e.description)
+        del param_count
+    out.print(table)
+
+
+@app.command()
+def targets(names: Annotated[bool, typer.Option("--names", help="one name per line")] = False
+            ) -> None:
+    """List target profiles (targets/*.toml)."""
+    from edgeres.targets import list_targets, render_targets_table, target_names
+
+    if names:
+        for n in target_names():
+            print(n)
+        return
+    out.print(render_targets_table(list_targets()))
+
+
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="zoo name, checkpoint or module:factory")],
+    target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
+    bits: Annotated[str, typer.Option(help="w8a8, w4a8, ...")] = "w8a8",
+    ignore: Annotated[list[str] | None, typer.Option(help="layers kept in float")] = None,
+) -> None:
+    """Show every op, where it runs on the target and why (no data needed)."""
+    import torch
+
+    from edgeres.graph.capture import capture
+    from edgeres.quant.plan import make_plan
+    from edgeres.resolve import parse_bits, resolve_model
+    from edgeres.targets import load_target
+
+    t = load_target(target)
+    rm = resolve_model(model)
+    g = capture(rm.module, torch.zeros(1, rm.in_chans, rm.img_size, rm.img_size))
+    w, a = parse_bits(bits)
+    plan = make_plan(g, t, w, a, None, tuple(ignore or ()))
+    engine = {"npu": "NPU", "mcu": "MCU int8", "cpu": "CPU int8"}[t.family]
+    table = Table(title=f"{rm.name} on {t.name}")
+    for col in ("node", "op", "runs on", "weights", "why"):
+        table.add_column(col)
+    reasons = {d.subject: d.reason for d in plan.report}
+    for n in g.nodes:
+        kind = n.attrs.get("kind") if n.op == "act" else None
+        label = (f"{n.op}({kind})" if kind else n.op) + (
+            f"+{n.attrs['act']}" if n.attrs.get("act", "none") != "none" else "")
+        if n.name in plan.float_nodes:
+            where, why = "CPU float", plan.float_nodes[n.name]
+        else:
+            place = t.placement(n.op, kind)
+            where = engine if place == "integer" else "host CPU int8"
+            why = reasons.get(n.name, "")
+        spec = plan.weight_specs.get(n.name)
+        table.add_row(n.name, label, where, spec.describe() if spec else "", why)
+    out.print(table)
+
+
+@app.command()
+def convert(
+    model: Annotated[str, typer.Argument(help="zoo name, checkpoint or module:factory")
+                     ] = "mobilenet_v2_fmnist",
+    target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
+    scheme: Annotated[str, typer.Option(help="ptq | rex | qat")] = "ptq",
+    weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,
+    calib: Annotated[str | None, typer.Option(help="calibration data spec")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval", help="evaluation data spec")] = None,
+    bits: Annotated[str, typer.Option(help="w8a8, w4a8, w8a16, ...")] = "w8a8",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="bundle folder")] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="layers kept in float")] = None,
+    rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
+    rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
+    rex_budget: Annotated[float | None, typer.Option(help="REx extra-MAC budget (0.25=+25%)")
+                          ] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="fail (exit 1) below this %")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="fail (exit 1) above this drop")] = None,
+    bench: Annotated[bool, typer.Option(help="measure latency/memory")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Quantize MODEL for TARGET, export it, check it against float, write the app bundle."""
+    from edgeres.convert import ConvertOptions
+    from edgeres.convert import convert as run
+
+    opts = ConvertOptions(model, target, scheme, weights, calib, eval_data, bits, out_dir,  # type: ignore[arg-type]
+                          tuple(ignore or ()), rex_order, rex_sparsity, rex_budget,
+                          min_agreement=min_agreement, max_drop=max_drop, bench=bench)
+    floor_error: AccuracyFloorError | None = None
+    try:
+        result = run(opts, progress=not as_json)
+    except AccuracyFloorError as exc:
+        floor_error = exc
+        result = exc.result  # type: ignore[attr-defined]
+    if as_json:
+        print(json.dumps(result.summary(), sort_keys=True))
+    else:
+        _print_summary(result)
+    if floor_error is not None:
+        err.print(f"edgeres: {floor_error}")
+        raise typer.Exit(1)
+
+
+def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
+    s = result.summary()
+    table = Table(title=f"{s['model']} -> {s['target']} ({s['scheme']})", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for key in ("bundle", "model_file", "size_bytes", "samples", "float_top1", "quant_top1",
+                "top1_agreement", "sqnr_db"):
+        if s.get(key) is not None:
+            table.add_row(key, _fmt(s[key]))
+    for key in ("tflm_arena_bytes", "arena_budget_bytes"):
+        if key in result.manifest:
+            table.add_row(key, _fmt(result.manifest[key]))
+    if "vela" in result.manifest:
+        v = result.manifest["vela"]
+        table.add_row("vela", f"{v['npu_ops']} ops on NPU, {v['cpu_ops']} on CPU, "
+                              f"{v['inference_ms']:.2f} ms est., SRAM {v['sram_bytes']:,} B")
+    if result.bench:
+        for row in result.bench.get("latency", []):
+            table.add_row(f"latency ({row.get('label', row.get('threads'))})",
+                          f"median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms")
+    where: dict[str, int] = {}
+    for op in result.manifest["ops"]:
+        where[op["where"]] = where.get(op["where"], 0) + 1
+    table.add_row("ops", ", ".join(f"{k}: {v}" for k, v in sorted(where.items())))
+    out.print(table)
+
+
+@app.command()
+def check(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    runtime: Annotated[str | None, typer.Option(help="onnxruntime | litert-xnnpack | "
+                                                      "litert-ref | tflm")] = None,
+    data: Annotated[str | None, typer.Option(help="data spec (default: the bundle's)")] = None,
+    layers: Annotated[bool, typer.Option(help="per-layer float-vs-int debugger")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-check a bundle: hashes, golden vectors, agreement with float.onnx, per-layer SQNR."""
+    from edgeres.check_cli import run_check
+
+    report = run_check(bundle, runtime, data, layers)
+    if as_json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        from edgeres.check_cli import print_check
+
+        print_check(report, out)
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    threads: Annotated[str, typer.Option(help="comma-separated thread counts")] = "1,2",
+    runs: Annotated[int, typer.Option(help="timed runs per setting")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Measure latency, memory and size of a bundle's model on its target's runtime."""
+    from edgeres.bundle import load_bundle
+    from edgeres.harness.local import bench_local
+    from edgeres.targets import load_target
+
+    b = load_bundle(bundle)
+    t = load_target(b.manifest["target"])
+    try:
+        thr = tuple(int(v) for v in threads.split(","))
+    except ValueError as exc:
+        raise UserError(f"--threads must be comma-separated integers, got '{threads}'") from exc
+    res = bench_local(b.model_file, t, threads=thr, runs=runs)
+    if as_json:
+        print(json.dumps(res.to_json(), sort_keys=True))
+    else:
+        from edgeres.harness.local import render_bench
+
+        out.print(render_bench(res))
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, never wrapped (scripts grep it)."""
+    print(message, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        _fail(f"edgeres: error: {exc}")
+        return 2
+    except AccuracyFloorError as exc:
+        _fail(f"edgeres: {exc}")
+        return 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return 130
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # typer's usage errors
+            exc.show()
+            return int(exc.exit_code) or 2
+        raise
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

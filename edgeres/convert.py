@@ -1,0 +1,303 @@
+"""``edgeres convert``: model + target -> a checked app bundle, in one call.
+
+>>> from edgeres.convert import ConvertOptions, convert
+>>> result = convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", out=tmp_path))
+>>> result.manifest["metrics"]["top1_agreement"] > 99
+True
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from edgeres.bundle import Bundle, load_bundle, staged_bundle, write_manifest
+from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model
+from edgeres.config import PTQConfig, RExConfig
+from edgeres.data.specs import DataSet, load_spec
+from edgeres.errors import AccuracyFloorError, UserError
+from edgeres.graph.capture import capture
+from edgeres.quant.plan import is_depthwise
+from edgeres.quant.ptq import layer_sqnr, quantize_graph
+from edgeres.quant.qmodel import QModel
+from edgeres.report import write_report
+from edgeres.resolve import ResolvedModel, parse_bits, resolve_model
+from edgeres.targets import Target, load_target
+
+Scheme = Literal["ptq", "rex", "qat"]
+GOLDEN_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything ``edgeres convert`` takes; defaults are the target's and the model's."""
+
+    model: str = "mobilenet_v2_fmnist"
+    target: str = "arm-cpu-tflite"
+    scheme: Scheme = "ptq"
+    weights: str | None = None
+    calib: str | None = None
+    eval: str | None = None
+    bits: str = "w8a8"
+    out: Path | None = None
+    ignore: tuple[str, ...] = ()
+    rex_order: int = 2
+    rex_sparsity: float = 0.5
+    rex_budget_macs: float | None = None
+    qat_steps: int | None = 200
+    min_agreement: float | None = None
+    max_drop: float | None = None
+    bench: bool = True
+    threads: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class ConvertResult:
+    bundle: Path
+    manifest: dict
+    report: dict
+    bench: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    qmodel: QModel | None = None
+
+    def summary(self) -> dict:
+        m = self.manifest["metrics"]
+        out = {"bundle": str(self.bundle), "model": self.manifest["model"],
+               "target": self.manifest["target"], "scheme": self.manifest["scheme"],
+               "model_file": self.manifest["model_file"],
+               "size_bytes": self.manifest["size_bytes"], **m}
+        if self.bench:
+            out["bench"] = self.bench
+        return out
+
+
+def default_calib(rm: ResolvedModel) -> str:
+    return {"fmnist": "fmnist:train@512", "imagenet": "photos@64"}.get(rm.label_set or "",
+                                                                      "synthetic@32")
+
+
+def default_eval(rm: ResolvedModel) -> str:
+    return {"fmnist": "fmnist:test@1000", "imagenet": "imagenet-agreement"}.get(
+        rm.label_set or "", "synthetic@16")
+
+
+def _quantize(rm: ResolvedModel, opts: ConvertOptions, target: Target, calib: DataSet,
+              graph, progress: bool) -> QModel:  # noqa: ANN001 - Graph
+    wbits, abits = parse_bits(opts.bits)
+    ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore))
+    if opts.scheme == "ptq":
+        return quantize_graph(graph, ptq, target, calib.x, progress)
+    if opts.scheme == "rex":
+        from edgeres.quant.rex import quantize_rex
+
+        cfg = RExConfig(order=opts.rex_order, sparsity=opts.rex_sparsity, weight_bits=wbits,
+                        budget_macs=opts.rex_budget_macs, ptq=ptq)
+        return quantize_rex(graph, cfg, target, calib.x, progress=progress)
+    if opts.scheme == "qat":
+        from edgeres.quant.qat import qat_for_convert
+
+        return qat_for_convert(rm, graph, target, wbits, abits, calib, opts.qat_steps, progress)
+    raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex or qat)")
+
+
+def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, dict]:  # noqa: ANN001
+    from edgeres.export.onnx import export_onnx
+
+    export_onnx(graph, stage / "float.onnx")
+    if target.format == "onnx":
+        io_mode = "float" if target.io_dtype == "float32" else "int"
+        info = export_onnx(qmodel, stage / "model.onnx", io=io_mode)
+        return "model.onnx", _portable(info.to_json())
+    from edgeres.export.tflite import export_tflite
+
+    io_dtype = "float32" if target.io_dtype == "float32" else "int8"
+    info = export_tflite(qmodel, stage / "model.tflite", io_dtype,
+                         lut_activations=target.runtime == "tflm")
+    return "model.tflite", _portable(info.to_json())
+
+
+def _portable(info: dict) -> dict:
+    """Export info without the staging path, so bundles are byte-identical across runs."""
+    info = dict(info)
+    info["path"] = Path(info["path"]).name
+    return info
+
+
+def _io_entries(info: dict, rm: ResolvedModel) -> tuple[list[dict], list[dict]]:
+    def entry(t: dict, pre: bool) -> dict:
+        e = {"name": t["name"], "shape": list(t["shape"]), "layout": t["layout"],
+             "dtype": t["dtype"], "scale": t["scale"], "zero_point": t["zero_point"]}
+        if pre:
+            e["preprocess"] = rm.preprocess.to_json()
+        return e
+
+    return [entry(t, True) for t in info["inputs"]], [entry(t, False) for t in info["outputs"]]
+
+
+def _ops(qmodel: QModel, target: Target) -> list[dict]:
+    """Where each IR node runs on the target, and why."""
+    plan = qmodel.meta["plan"]
+    engine = {"npu": "npu", "mcu": "mcu-int8", "cpu": "cpu-int8"}[target.family]
+    out = []
+    for node in qmodel.graph.nodes:
+        kind = node.attrs.get("kind") if node.op == "act" else None
+        label = f"{node.op}({kind})" if kind else node.op
+        if node.name in plan["float_nodes"]:
+            out.append({"node": node.name, "op": label, "where": "cpu-float",
+                        "why": plan["float_nodes"][node.name]})
+            continue
+        place = target.placement(node.op, kind)
+        where = engine if place == "integer" else "cpu-int8"
+        why = "" if place == "integer" else f"{target.name} runs {label} on the host CPU"
+        if is_depthwise(node) and node.name in plan["weights"]:
+            why = why or f"depthwise, weights {plan['weights'][node.name]}"
+        out.append({"node": node.name, "op": label, "where": where, "why": why})
+    return out
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A reproducible .npz (fixed zip timestamps, unlike ``np.savez``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                        buf.getvalue())
+
+
+def _mcu_extras(stage: Path, target: Target, rm: ResolvedModel, golden_x: np.ndarray,
+                bundle: Bundle) -> dict:
+    """TFLM arena (measured on the host interpreter) and the C arrays for firmware."""
+    from edgeres import __version__
+    from edgeres.export.c import export_c
+    from edgeres.runtime.tflm import run_tflm
+
+    feed = [encode_input(golden_x[:1], bundle.manifest["inputs"][0])]
+    res = run_tflm(bundle.model_file, feed)
+    export_c(bundle.model_file.read_bytes(), stage, res.arena_bytes, rm.name, target.name,
+             __version__)
+    fits = None if target.memory.arena_bytes is None else res.arena_bytes <= target.memory.arena_bytes
+    return {"tflm_arena_bytes": res.arena_bytes, "arena_budget_bytes": target.memory.arena_bytes,
+            "arena_fits": fits}
+
+
+def _vela_extras(stage: Path, target: Target, bundle: Bundle) -> dict:
+    from edgeres.runtime.vela import compile_vela
+
+    v = target.vela
+    assert v is not None
+    rep = compile_vela(bundle.model_file, v.accelerator_config, out_dir=stage / "vela",
+                       system_config=v.system_config, memory_mode=v.memory_mode, config=v.config)
+    for extra in (stage / "vela").glob("*"):
+        if extra.name != "model_vela.tflite":
+            extra.unlink()
+    return {"vela": {"accelerator": rep.accelerator, "npu_ops": rep.npu_ops,
+                     "cpu_ops": rep.cpu_ops, "cpu_op_types": rep.cpu_op_types,
+                     "cycles": rep.cycles_total, "inference_ms": rep.inference_time_s * 1e3,
+                     "sram_bytes": rep.sram_bytes, "flash_bytes": rep.flash_bytes,
+                     "all_on_npu": rep.all_on_npu}}
+
+
+def convert(opts: ConvertOptions, progress: bool = True, console: Console | None = None
+            ) -> ConvertResult:
+    """Quantize, export, check and bundle ``opts.model`` for ``opts.target``."""
+    console = console or Console(stderr=True, quiet=not progress)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    target = load_target(opts.target)
+    rm = resolve_model(opts.model, opts.weights)
+    torch.manual_seed(0)
+    calib = load_spec(opts.calib or default_calib(rm), rm.preprocess, rm.in_chans, rm.img_size,
+                      model=rm.module, progress=progress)
+    evalset = load_spec(opts.eval or default_eval(rm), rm.preprocess, rm.in_chans, rm.img_size,
+                        model=rm.module, progress=progress)
+    graph = capture(rm.module, calib.x[:1])
+    console.log(f"{rm.name}: {len(graph.nodes)} ops captured; calibrating on {calib.name}")
+    t1 = time.perf_counter()
+    qmodel = _quantize(rm, opts, target, calib, graph, progress)
+    timings["quantize_s"] = time.perf_counter() - t1
+    out = Path(opts.out) if opts.out else Path("out") / f"{rm.name}-{target.name}"
+    x_eval = evalset.x.numpy().astype(np.float32)
+    y_eval = evalset.y.numpy() if evalset.y is not None else None
+    with staged_bundle(out) as stage:
+        model_file, info = _export(qmodel, graph, target, stage)
+        inputs, outputs = _io_entries(info, rm)
+        manifest = {"model": rm.name, "target": target.name, "scheme": opts.scheme,
+                    "bits": opts.bits, "runtime": target.runtime, "format": target.format,
+                    "model_file": model_file, "inputs": inputs, "outputs": outputs,
+                    "labels": rm.labels, "weights": rm.weights,
+                    "tensor_order": qmodel.graph.tensors(), "size_bytes": info["size_bytes"]}
+        bundle = Bundle(stage, manifest)
+        console.log(f"exported {model_file}; checking on {evalset.name} "
+                    f"({HOST_RUNTIME[target.runtime]})")
+        t2 = time.perf_counter()
+        metrics = evaluate(bundle, x_eval, y_eval).to_json()
+        timings["check_s"] = time.perf_counter() - t2
+        gx = x_eval[:GOLDEN_SAMPLES]
+        raw = run_model(bundle, gx)[0]
+        save_arrays(stage / "golden" / "golden.npz",
+                    {"x": gx, "x_raw": encode_input(gx, inputs[0]), "y_raw": raw})
+        extras: dict = {}
+        if target.runtime == "tflm":
+            extras = _mcu_extras(stage, target, rm, gx, bundle)
+        elif target.runtime == "vela":
+            extras = _vela_extras(stage, target, bundle)
+        sq = layer_sqnr(qmodel, torch.from_numpy(x_eval[:4]))
+        from edgeres import __version__
+
+        manifest.update(metrics=metrics, ops=_ops(qmodel, target), edgeres_version=__version__,
+                        **extras)
+        report = {"model": rm.name, "target": target.name, "metrics": metrics,
+                  "summary": {"scheme": opts.scheme, "bits": opts.bits,
+                              "calibration": calib.name, "evaluation": evalset.name,
+                              "model_file": model_file, "size_bytes": info["size_bytes"],
+                              **{k: v for k, v in extras.items() if not isinstance(v, dict)}},
+                  "plan": qmodel.meta.get("plan", {}), "export": info, "ops": manifest["ops"],
+                  "layer_sqnr": [{"layer": n, "sqnr_db": round(s, 2) if np.isfinite(s) else None}
+                                 for n, s in sq], **extras}
+        write_report(stage, report)
+        manifest = write_manifest(stage, manifest)
+    timings["total_s"] = time.perf_counter() - t0
+    result = ConvertResult(out, manifest, report, timings=timings, qmodel=qmodel)
+    if opts.bench:
+        from edgeres.harness.local import bench_local
+
+        result.bench = bench_local(out / model_file, target, threads=opts.threads).to_json()
+    try:
+        _check_floors(opts, metrics)
+    except AccuracyFloorError as exc:
+        exc.result = result  # type: ignore[attr-defined]  (the CLI still prints the summary)
+        raise
+    return result
+
+
+def _check_floors(opts: ConvertOptions, metrics: dict) -> None:
+    if opts.min_agreement is not None and metrics["top1_agreement"] < opts.min_agreement:
+        raise AccuracyFloorError(
+            f"top-1 agreement {metrics['top1_agreement']:.2f}% is below --min-agreement "
+            f"{opts.min_agreement}%"
+        )
+    if opts.max_drop is not None and metrics.get("float_top1") is not None:
+        drop = metrics["float_top1"] - metrics["quant_top1"]
+        if drop > opts.max_drop:
+            raise AccuracyFloorError(
+                f"accuracy drop {drop:.2f} points exceeds --max-drop {opts.max_drop}"
+            )
+
+
+def options_json(opts: ConvertOptions) -> dict:
+    d = asdict(opts)
+    d["out"] = str(d["out"]) if d["out"] else None
+    return d
+
+
+__all__ = ["ConvertOptions", "ConvertResult", "convert", "load_bundle"]
