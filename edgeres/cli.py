@@ -173,8 +173,14 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
                               f"{v['inference_ms']:.2f} ms est., SRAM {v['sram_bytes']:,} B")
     if result.bench:
         for row in result.bench.get("latency", []):
-            table.add_row(f"latency ({row.get('label', row.get('threads'))})",
-                          f"median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms")
+            mem = row.get("peak_rss_delta_bytes")
+            table.add_row(f"latency, {row['threads']} thread(s) ({result.bench['runtime']})",
+                          f"median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms"
+                          + (f", peak +{mem / 2**20:.1f} MiB" if mem else ""))
+        for c in result.bench.get("budget", []):
+            verdict = "PASS" if c["passed"] else "FAIL"
+            table.add_row("budget", f"{verdict} {c['what']} {c['value']:,.0f} {c['unit']} vs "
+                                    f"{c['limit']:,.0f} {c['unit']} ({c['source']})")
     where: dict[str, int] = {}
     for op in result.manifest["ops"]:
         where[op["where"]] = where.get(op["where"], 0) + 1
@@ -225,9 +231,11 @@ def bench(
     if as_json:
         print(json.dumps(res.to_json(), sort_keys=True))
     else:
-        from edgeres.harness.local import render_bench
+        from edgeres.harness import render_bench_table, summary_lines
 
-        out.print(render_bench(res))
+        out.print(render_bench_table([res], title=f"{b.manifest['model']} on {t.name}"))
+        for line in summary_lines(res):
+            out.print(line, highlight=False)
 
 
 def _fail(message: str) -> None:

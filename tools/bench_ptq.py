@@ -1,0 +1,204 @@
+"""PTQ accuracy benchmark (issue 3): edgeres vs float, per-tensor NPUs, and ORT quantize_static.
+
+    python tools/bench_ptq.py --part fmnist            # mobilenet_v2_fmnist (+ emo_1m_fmnist)
+    python tools/bench_ptq.py --part imagenet          # mobilenet_v2_100 on the ImageNet samples
+    python tools/bench_ptq.py --part timing            # PTQ wall time + peak RSS, 128 images
+
+Every row of a part is measured in one run on the same data. Quantized accuracy is the
+integer simulation (QModel.simulate); `litert` / `ort` columns run the exported file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import (  # noqa: E402
+    EvalSet, agreement, batched_logits, console, fmnist_calib, fmnist_test, imagenet_sets,
+    machine, print_table, sqnr, top1, write_json,
+)
+
+from edgeres.config import PTQConfig  # noqa: E402
+from edgeres.graph.capture import capture  # noqa: E402
+from edgeres.quant.ptq import quantize_graph  # noqa: E402
+from edgeres.targets import load_target  # noqa: E402
+from edgeres.zoo import create_model  # noqa: E402
+
+
+class _Reader:
+    """ORT CalibrationDataReader over a float NCHW tensor."""
+
+    def __init__(self, x: torch.Tensor, name: str, batch: int = 32) -> None:
+        self.items = [{name: x[i : i + batch].numpy().astype(np.float32)}
+                      for i in range(0, len(x), batch)]
+
+    def get_next(self):  # noqa: ANN201 - ORT protocol
+        return self.items.pop(0) if self.items else None
+
+
+def ort_static(graph, calib: torch.Tensor, x: torch.Tensor, method: str) -> torch.Tensor:  # noqa: ANN001
+    """ORT quantize_static (QDQ, per-channel int8 weights, uint8 activations) on float.onnx."""
+    from onnxruntime.quantization import (
+        CalibrationMethod, QuantFormat, QuantType, quantize_static,
+    )
+
+    from edgeres.export.onnx import export_onnx
+    from edgeres.runtime.onnxruntime import run_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp, qp = Path(tmp) / "float.onnx", Path(tmp) / "ort_int8.onnx"
+        export_onnx(graph, fp)
+        quantize_static(str(fp), str(qp), _Reader(calib, graph.inputs[0].name),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method))
+        return batched_logits(lambda b: torch.from_numpy(run_onnx(qp, [b.numpy().astype(
+            np.float32)])[0]), x)
+
+
+def edgeres_onnx(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    from edgeres.export.onnx import export_onnx
+    from edgeres.runtime.onnxruntime import run_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "m.onnx"
+        export_onnx(qm, p)
+        return batched_logits(lambda b: torch.from_numpy(run_onnx(p, [b.numpy().astype(
+            np.float32)])[0]), x)
+
+
+def edgeres_litert(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    from edgeres.export.tflite import export_tflite
+    from edgeres.runtime.litert import run_tflite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "m.tflite"
+        export_tflite(qm, p, "float32")
+        return batched_logits(lambda b: torch.from_numpy(run_tflite(
+            p, [b.permute(0, 2, 3, 1).numpy().astype(np.float32)], kernels="xnnpack")[0]), x)
+
+
+def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool) -> list[dict]:  # noqa: ANN001
+    ref = {s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x)
+           for s in sets}
+    rows = []
+
+    def add(label: str, logits_by_set: dict[str, torch.Tensor], **extra) -> None:  # noqa: ANN003
+        for s in sets:
+            lg = logits_by_set[s.name]
+            row = {"model": model, "method": label, "data": s.name,
+                   "agree": agreement(ref[s.name], lg), "sqnr_db": sqnr(ref[s.name], lg)}
+            if s.y is not None:
+                row["top1"] = top1(lg, s.y)
+            rows.append({**row, **extra})
+
+    add("float", ref)
+    for target, label in (("arm-cpu-tflite", "edgeres int8 per-channel"),
+                          ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)"),
+                          ("arm-cpu-onnx", "edgeres uint8/int8 QDQ (ORT target)")):
+        t0 = time.perf_counter()
+        qm = quantize_graph(graph, PTQConfig(), load_target(target), calib)
+        secs = time.perf_counter() - t0
+        sim = {s.name: batched_logits(lambda b: qm.simulate(b)["logits"], s.x) for s in sets}
+        add(label + " [sim]", sim, quantize_s=round(secs, 2))
+        if with_files and target == "arm-cpu-tflite":
+            add(label + " [LiteRT XNNPACK]", {s.name: edgeres_litert(qm, s.x) for s in sets})
+        if with_files and target == "arm-cpu-onnx":
+            add(label + " [ORT]", {s.name: edgeres_onnx(qm, s.x) for s in sets})
+    for method in ("MinMax", "Percentile", "Entropy"):
+        try:
+            add(f"ORT quantize_static {method} [ORT]",
+                {s.name: ort_static(graph, calib, s.x, method) for s in sets})
+        except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash
+            console.print(f"ORT {method} failed: {exc}")
+    return rows
+
+
+def graph_float(graph, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    from edgeres.graph.ir import run_graph
+
+    return run_graph(graph, x)[graph.outputs[0]]
+
+
+def part_fmnist(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for model in args.models or ["mobilenet_v2_fmnist", "emo_1m_fmnist"]:
+        try:
+            net = create_model(model, pretrained=True)
+        except Exception as exc:  # noqa: BLE001
+            console.print(f"skip {model}: {exc}")
+            continue
+        calib = fmnist_calib(model, 512)
+        graph = capture(net, calib[:1])
+        rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True)
+    return rows
+
+
+def part_imagenet(args: argparse.Namespace) -> list[dict]:
+    s20, crops, calib = imagenet_sets()
+    net = create_model("mobilenet_v2_100", pretrained=True)
+    graph = capture(net, calib[:1])
+    return rows_for("mobilenet_v2_100", graph, calib, [s20, crops], not args.fast)
+
+
+TIMING_SNIPPET = """
+import time, resource, json, torch
+from edgeres.zoo import create_model
+from edgeres.data.photos import photo_calibration_set
+from edgeres.data.preprocess import IMAGENET
+from edgeres.config import PTQConfig
+from edgeres.quant.ptq import quantize
+from edgeres.targets import load_target
+calib = photo_calibration_set(IMAGENET, n=128, seed=0)
+model = create_model("mobilenet_v2_100", pretrained=True)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+quantize(model, PTQConfig(), load_target("arm-cpu-tflite"), calib)
+secs = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": secs, "peak_rss_mb": peak / 1024, "rss_before_mb": base / 1024,
+                  "threads": torch.get_num_threads()}))
+"""
+
+
+def part_timing(args: argparse.Namespace) -> list[dict]:
+    """PTQ of MobileNetV2-1.0 with 128 photos in a fresh process: seconds and peak RSS."""
+    proc = subprocess.run([sys.executable, "-c", TIMING_SNIPPET], capture_output=True, text=True,
+                          check=True)
+    import json
+
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    del resource
+    return [{"model": "mobilenet_v2_100", "method": "edgeres PTQ, 128 calibration images",
+             "data": "photos@128", **{k: round(v, 2) for k, v in res.items()}}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["fmnist", "imagenet", "timing"], required=True)
+    ap.add_argument("--models", nargs="*")
+    ap.add_argument("--limit", type=int, default=None, help="test images (default all 10k)")
+    ap.add_argument("--fast", action="store_true", help="skip running exported files")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](args)
+    cols = sorted({k for r in rows for k in r}, key=lambda c: ["model", "method", "data", "top1",
+                  "agree", "sqnr_db"].index(c) if c in ("model", "method", "data", "top1",
+                  "agree", "sqnr_db") else 9)
+    print_table(f"PTQ benchmark: {args.part}", rows, cols)
+    write_json(args.out or Path(f"runs/bench_ptq_{args.part}.json"),
+               {"part": args.part, "machine": machine(), "rows": rows,
+                "command": "python tools/bench_ptq.py " + " ".join(sys.argv[1:])})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmarks: datasets per model, batched evaluation, table + JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from edgeres.data.fmnist import load_fmnist
+from edgeres.zoo import get_entry
+
+console = Console()
+
+
+@dataclass
+class EvalSet:
+    """Inputs (float NCHW), labels, and a name for the table."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor | None
+
+
+def fmnist_test(model: str, limit: int | None = None) -> EvalSet:
+    pre = get_entry(model).preprocess
+    images, labels = load_fmnist("test")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    x = pre.normalize(torch.from_numpy(images.copy()).float().unsqueeze(1) / 255.0)
+    return EvalSet(f"fmnist test ({len(x)})", x, torch.from_numpy(labels))
+
+
+def fmnist_calib(model: str, n: int = 512) -> torch.Tensor:
+    from edgeres.data.specs import load_spec
+
+    e = get_entry(model)
+    return load_spec(f"fmnist:train@{n}", e.preprocess, e.in_chans, e.img_size).x
+
+
+def imagenet_sets() -> tuple[EvalSet, EvalSet, torch.Tensor]:
+    """(20 labelled samples, 240-view agreement set, 128 photo calibration crops)."""
+    from edgeres.data.imagenet import imagenet_agreement_set, load_imagenet_samples
+    from edgeres.data.photos import photo_calibration_set
+    from edgeres.data.preprocess import IMAGENET
+
+    imgs, labels = load_imagenet_samples()
+    x20 = torch.cat([IMAGENET(i) for i in imgs])
+    xa, ya = imagenet_agreement_set(IMAGENET)
+    calib = photo_calibration_set(IMAGENET, n=128, seed=0)
+    return (EvalSet("imagenet 20", x20, torch.as_tensor(labels)),
+            EvalSet(f"imagenet crops ({len(xa)})", xa, torch.as_tensor(ya)), calib)
+
+
+def batched_logits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   batch: int = 500) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch]).detach().to(torch.float64) for i in range(0, len(x), batch)])
+
+
+def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).double().mean() * 100)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.argmax(1) == b.argmax(1)).double().mean() * 100)
+
+
+def sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
+    noise = float(((ref - test) ** 2).mean())
+    return float("inf") if noise == 0 else 10 * float(np.log10(float((ref**2).mean()) / noise))
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    console.print(f"wrote {path}")
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                    for c in columns])
+    console.print(t)
