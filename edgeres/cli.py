@@ -88,7 +88,7 @@ def explain(
     from edgeres.targets import load_target
 
     t = load_target(target)
-    rm = resolve_model(model)
+    rm = resolve_model(model, load=False)
     g = capture(rm.module, torch.zeros(1, rm.in_chans, rm.img_size, rm.img_size))
     w, a = parse_bits(bits)
     plan = make_plan(g, t, w, a, None, tuple(ignore or ()))

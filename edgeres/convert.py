@@ -22,7 +22,7 @@ from rich.console import Console
 from edgeres.bundle import Bundle, load_bundle, staged_bundle, write_manifest
 from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model
 from edgeres.config import PTQConfig, RExConfig
-from edgeres.data.specs import DataSet, load_spec
+from edgeres.data.specs import DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
 from edgeres.quant.plan import is_depthwise
@@ -214,6 +214,12 @@ def convert(opts: ConvertOptions, progress: bool = True, console: Console | None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     target = load_target(opts.target)
+    parse_bits(opts.bits)  # cheap checks first: a typo should not wait for a model to load
+    for spec in (opts.calib, opts.eval):
+        if spec:
+            DataSpec.parse(spec)
+    if opts.scheme not in ("ptq", "rex", "qat"):
+        raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex or qat)")
     rm = resolve_model(opts.model, opts.weights)
     torch.manual_seed(0)
     calib = load_spec(opts.calib or default_calib(rm), rm.preprocess, rm.in_chans, rm.img_size,

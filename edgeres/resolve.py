@@ -42,9 +42,11 @@ def labels_for(label_set: str | None, num_classes: int) -> list[str] | None:
     return None
 
 
-def _from_zoo(name: str, weights: str | None) -> ResolvedModel:
+def _from_zoo(name: str, weights: str | None, load: bool = True) -> ResolvedModel:
     entry = get_entry(name)
     pretrained: bool | str | None = weights or (True if entry.default_weights else None)
+    if not load:
+        pretrained = None
     module = create_model(name, pretrained=pretrained)
     desc = weights or entry.default_weights or "random init (no shipped weights)"
     return ResolvedModel(name, module, entry.img_size, entry.in_chans, entry.num_classes,
@@ -109,11 +111,14 @@ def _from_factory(spec: str) -> ResolvedModel:
                          labels or labels_for(label_set, classes), label_set, spec)
 
 
-def resolve_model(spec: str, weights: str | None = None) -> ResolvedModel:
-    """A zoo name, a checkpoint path (.pth/.pt) or ``package.module:factory``."""
+def resolve_model(spec: str, weights: str | None = None, load: bool = True) -> ResolvedModel:
+    """A zoo name, a checkpoint path (.pth/.pt) or ``package.module:factory``.
+
+    ``load=False`` skips zoo weights (for structure-only work such as ``edgeres explain``).
+    """
     path = Path(spec)
     if spec in list_models():
-        return _from_zoo(spec, weights)
+        return _from_zoo(spec, weights, load)
     if path.suffix in (".pth", ".pt") or path.is_file():
         if not path.is_file():
             raise UserError(f"checkpoint '{spec}' does not exist")

@@ -1,0 +1,180 @@
+"""`edgeres convert | check | explain | targets | zoo` end to end, as a user runs them."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeres.cli import main
+from edgeres.convert import ConvertOptions, convert
+from edgeres.zoo import create_model
+from edgeres.zoo.models import SHIPPED
+
+FAST = dict(calib="fmnist:train@64", eval="fmnist:test@200", bench=False)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    """The shipped FMNIST weights, or random ones while they are not trained yet."""
+    shipped = SHIPPED / "mobilenet_v2_fmnist.pth"
+    if shipped.is_file():
+        return str(shipped)
+    path = tmp_path_factory.mktemp("w") / "mnv2.pth"
+    torch.save(create_model("mobilenet_v2_fmnist").state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, weights) -> Path:
+    out = tmp_path_factory.mktemp("b") / "mnv2"
+    convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=out,
+                           **FAST), progress=False)
+    return out
+
+
+def test_bundle_layout_and_manifest(bundle: Path) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["schema"] == "edgeres.bundle/1"
+    assert {"model.tflite", "float.onnx", "golden/golden.npz", "report.html",
+            "report.json"} <= set(m["files"])
+    (inp,), (outp,) = m["inputs"], m["outputs"]
+    assert inp["shape"] == [1, 28, 28, 1] and inp["layout"] == "NHWC" and inp["dtype"] == "int8"
+    assert inp["preprocess"]["mean"] == [0.286] and inp["scale"] > 0
+    assert outp["dtype"] == "int8" and outp["shape"] == [1, 10]
+    assert m["labels"][0] == "T-shirt/top" and m["metrics"]["samples"] == 200
+    assert all(op["where"] == "cpu-int8" for op in m["ops"])
+
+
+def test_bundle_metadata_matches_the_file(bundle: Path) -> None:
+    """The manifest's I/O quantization is what LiteRT reads from the .tflite itself."""
+    from edgeres.runtime.litert import io_quantization
+
+    ins, outs = io_quantization(bundle / "model.tflite")
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert ins[0].scale == pytest.approx(m["inputs"][0]["scale"])
+    assert ins[0].zero_point == m["inputs"][0]["zero_point"]
+    assert outs[0].scale == pytest.approx(m["outputs"][0]["scale"])
+
+
+def test_convert_is_deterministic(bundle: Path, weights, tmp_path) -> None:
+    again = tmp_path / "again"
+    convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=again,
+                           **FAST), progress=False)
+    files = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (bundle / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_failed_convert_keeps_previous_bundle(bundle: Path, weights, tmp_path, monkeypatch) -> None:
+    target = tmp_path / "keep"
+    shutil.copytree(bundle, target)
+    before = (target / "manifest.json").read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr("edgeres.convert.write_report", boom)
+    with pytest.raises(RuntimeError):
+        convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights,
+                               out=target, **FAST), progress=False)
+    assert (target / "manifest.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".keep.")]
+
+
+def test_check_passes_then_catches_tampering(bundle: Path, tmp_path, capsys) -> None:
+    assert main(["check", str(bundle), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["golden_max_code_diff"] <= 1 and report["agreement"]["top1_agreement"] == 100
+    assert report["layers"]["layers"], "per-layer SQNR must list layers"
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    data = bytearray((bad / "model.tflite").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "model.tflite").write_bytes(bytes(data))
+    assert main(["check", str(bad)]) == 2
+    assert "model.tflite' was altered" in capsys.readouterr().err
+    (bad / "model.tflite").unlink()
+    assert main(["check", str(bad)]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
+    from edgeres.bundle import file_hashes
+    from edgeres.convert import save_arrays
+
+    bad = tmp_path / "golden"
+    shutil.copytree(bundle, bad)
+    with np.load(bad / "golden" / "golden.npz") as g:
+        arrays = dict(g)
+    arrays["y_raw"] = arrays["y_raw"][:, :5]
+    save_arrays(bad / "golden" / "golden.npz", arrays)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["files"] = file_hashes(bad)  # a consistent manifest, but a golden file for another model
+    (bad / "manifest.json").write_text(json.dumps(m))
+    assert main(["check", str(bad)]) == 2
+    assert "golden output has shape" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["convert", "mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+    (["convert", "mobilenet_v2_fmnist", "-t", "gpu-9000"], "unknown target 'gpu-9000'"),
+    (["convert", "mobilenet_v2_fmnist", "--bits", "8bit"], "--bits must look like"),
+    (["convert", "mobilenet_v2_fmnist", "--calib", "fmnist:valid"], "fmnist"),
+    (["convert", "/no/such.pth"], "does not exist"),
+    (["check", "/no/such/bundle"], "not a bundle"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
+    rc = main(["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out",
+               str(tmp_path / "f"), "--calib", "fmnist:train@32", "--eval", "fmnist:test@50",
+               "--no-bench", "--min-agreement", "100.5", "--json"])
+    assert rc == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out)["samples"] == 50 and "--min-agreement" in out.err
+
+
+def test_targets_zoo_explain(capsys) -> None:
+    assert main(["targets", "--names"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "arm-cpu-tflite" in names and "npu-int8-per-tensor" in names
+    assert main(["explain", "mobilenet_v2_fmnist", "-t", "npu-int8-per-tensor"]) == 0
+    assert "per-channel not" in capsys.readouterr().out
+
+
+def test_manifest_follows_the_published_schema(bundle: Path) -> None:
+    import jsonschema
+
+    from edgeres.bundle import SCHEMA_FILE
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.validate(json.loads((bundle / "manifest.json").read_text()), schema)
+    broken = json.loads((bundle / "manifest.json").read_text())
+    broken["inputs"][0]["dtype"] = "int7"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_evalbundle_reads_the_bundle(bundle: Path) -> None:
+    """The evaluator that knows nothing of edgeres can feed the bundle from manifest.json."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "evalbundle.py"
+    if not tool.is_file():
+        pytest.skip(f"{tool} is not present on this machine")
+    proc = subprocess.run([sys.executable, str(tool), str(bundle), "fmnist", "--limit", "300"],
+                          capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = json.loads((bundle / "manifest.json").read_text())["metrics"]
+    assert res["n"] == 300 and res["agreement"] >= min(99.0, ours["top1_agreement"] - 1.0)

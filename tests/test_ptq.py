@@ -1,0 +1,119 @@
+"""PTQ: plans honour targets and say why; calibration and bias correction behave; bad data fails."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeres.config import PTQConfig
+from edgeres.errors import UserError
+from edgeres.graph.capture import capture
+from edgeres.graph.ir import run_graph
+from edgeres.quant.observers import TensorStats, choose_range
+from edgeres.quant.plan import make_plan
+from edgeres.quant.primitives import sqnr_db
+from edgeres.quant.ptq import layer_sqnr, quantize_graph
+from edgeres.targets import load_target
+from edgeres.zoo import create_model
+
+
+@pytest.fixture(scope="module")
+def mnv2():
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2_fmnist")
+    # random-init BN stats make every layer the same; give them real-looking spread
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(48, 1, 28, 28)
+    return capture(model, x[:1]), x
+
+
+def test_per_tensor_target_says_why(mnv2) -> None:
+    graph, _ = mnv2
+    plan = make_plan(graph, load_target("npu-int8-per-tensor"))
+    dw = "features.2.conv.1.0"
+    assert plan.weight_specs[dw].axis is None
+    reasons = {d.subject: d.reason for d in plan.report}
+    assert "depthwise per-channel not supported on npu-int8-per-tensor" in reasons[dw]
+    per_channel = make_plan(graph, load_target("arm-cpu-tflite"))
+    assert per_channel.weight_specs[dw].axis == 0
+
+
+def test_bits_the_target_lacks_fail_clearly(mnv2) -> None:
+    graph, _ = mnv2
+    with pytest.raises(UserError, match="w4 not supported by npu-int8-per-tensor"):
+        make_plan(graph, load_target("npu-int8-per-tensor"), weight_bits=4)
+
+
+def test_ignore_list_keeps_layers_float(mnv2) -> None:
+    graph, x = mnv2
+    qm = quantize_graph(graph, PTQConfig(ignore=("features.1.*",)), load_target("arm-cpu-tflite"), x)
+    assert {"features.1.conv.0.0", "features.1.conv.1"} <= set(qm.meta["plan"]["float_nodes"])
+    assert "features.1.conv.1" not in qm.weights
+    with pytest.raises(UserError, match="match no layer"):
+        quantize_graph(graph, PTQConfig(ignore=("nope.*",)), load_target("arm-cpu-tflite"), x)
+
+
+def test_simulation_tracks_float_and_reshape_shares_qparams(mnv2) -> None:
+    graph, x = mnv2
+    qm = quantize_graph(graph, PTQConfig(), load_target("arm-cpu-tflite"), x)
+    ref = run_graph(graph, x[:8])["logits"]
+    sim = qm.simulate(x[:8])["logits"]
+    assert sqnr_db(ref, sim) > 15
+    reshape = next(n for n in graph.nodes if n.op == "reshape")
+    assert qm.act_qparams[reshape.output] == qm.act_qparams[reshape.inputs[0]]
+    # bias codes sit exactly on the input x weight scale grid
+    qw = qm.weights["features.0.0"]
+    assert qw.bias_codes.dtype == np.int32
+    expected = qm.act_qparams["input"].scale * qw.qparams.scale
+    assert np.array_equal(qw.bias_qparams.scale, expected.astype(np.float32))
+    names = [n for n, _ in layer_sqnr(qm, x[:2])]
+    assert names == [n.name for n in graph.nodes]
+
+
+def test_bias_correction_removes_mean_shift(mnv2) -> None:
+    graph, x = mnv2
+    target = load_target("npu-int8-per-tensor")  # per-tensor: large weight error to correct
+    ref = run_graph(graph, x[:16], keep=True)
+    shifts = {}
+    for bc in (False, True):
+        qm = quantize_graph(graph, PTQConfig(bias_correction=bc, act_observer="minmax"), target, x)
+        sim = qm.simulate(x[:16], keep=True)
+        t = "features.2.conv.1.0"
+        shifts[bc] = float((sim[t] - ref[t]).mean(dim=(0, 2, 3)).abs().mean())
+    assert shifts[True] < shifts[False]
+
+
+def test_observers_order() -> None:
+    s = TensorStats()
+    x = torch.cat([torch.randn(100_000), torch.tensor([40.0])])
+    s.update_range(x)
+    s.update_hist(x)
+    lo_mm, hi_mm = choose_range(s, "minmax", 256, 99.99)
+    assert (lo_mm, hi_mm) == (float(x.min()), 40.0)
+    for method in ("percentile", "mse", "entropy"):
+        lo, hi = choose_range(s, method, 256, 99.99)
+        assert lo <= 0 <= hi and hi < hi_mm, method  # outlier clipped
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.zeros(0, 1, 28, 28), "empty"),
+    (torch.full((2, 1, 28, 28), float("nan")), "NaN or Inf"),
+    (torch.zeros(2, 3, 28, 28), r"expects \[N, 1, 28, 28\]"),
+    (torch.zeros(2, 1, 32, 32), "channels and image size"),
+])
+def test_bad_calibration_data(mnv2, bad, match) -> None:
+    graph, _ = mnv2
+    with pytest.raises(UserError, match=match):
+        quantize_graph(graph, PTQConfig(), load_target("arm-cpu-tflite"), bad)
+
+
+def test_config_json_roundtrip_and_validation() -> None:
+    cfg = PTQConfig(weight_bits=4, ignore=("a.*",))
+    assert PTQConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(UserError, match="act_observer"):
+        PTQConfig(act_observer="magic")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="unknown field"):
+        PTQConfig.from_json({"wieght_bits": 8})
