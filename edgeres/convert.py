@@ -119,8 +119,10 @@ def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, di
     from edgeres.export.tflite import export_tflite
 
     io_dtype = "float32" if target.io_dtype == "float32" else "int8"
+    # SiLU/GELU as exact int8 lookup tables keep the graph integer on LiteRT and TFLM (TFLM has
+    # no GELU, TFLite no int8 SiLU); Vela runs GELU natively but would put GATHER on the CPU.
     info = export_tflite(qmodel, stage / "model.tflite", io_dtype,
-                         lut_activations=target.runtime == "tflm")
+                         lut_activations=target.runtime != "vela")
     return "model.tflite", _portable(info.to_json())
 
 

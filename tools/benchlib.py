@@ -18,7 +18,7 @@ from rich.table import Table
 from edgeres.data.fmnist import load_fmnist
 from edgeres.zoo import get_entry
 
-console = Console()
+console = Console(width=200)
 
 
 @dataclass

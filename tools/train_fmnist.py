@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--init", type=Path, default=None, help="start from these weights (fine-tune)")
+    ap.add_argument("--warmup", type=float, default=0.1, help="fraction of steps warming up")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     xtr_t, xte_t = to_t(xtr), pre.normalize(to_t(xte))
     ytr_t, yte_t = torch.from_numpy(ytr), torch.from_numpy(yte)
 
-    model = create_model(args.model).to(memory_format=torch.channels_last)
+    model = create_model(args.model, pretrained=args.init).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     steps_per_epoch = len(xtr_t) // args.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.1
+        opt, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.warmup
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     gen = torch.Generator().manual_seed(args.seed)

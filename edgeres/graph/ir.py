@@ -137,8 +137,10 @@ def apply_activation(kind: str, x: Tensor) -> Tensor:
 def _conv2d(node: Node, xs: list[Tensor], p: Mapping[str, Tensor]) -> Tensor:
     a = node.attrs
     t, l, b, r = a["padding"]
-    x = F.pad(xs[0], (l, r, t, b)) if (t, l, b, r) != (0, 0, 0, 0) else xs[0]
-    y = F.conv2d(x, p["weight"], p.get("bias"), a["stride"], 0, a["dilation"], a["groups"])
+    x, pad = xs[0], (t, l)
+    if (t, l) != (b, r):  # asymmetric padding: pad explicitly (conv2d pads symmetrically)
+        x, pad = F.pad(x, (l, r, t, b)), (0, 0)
+    y = F.conv2d(x, p["weight"], p.get("bias"), a["stride"], pad, a["dilation"], a["groups"])
     return apply_activation(a.get("act", "none"), y)
 
 

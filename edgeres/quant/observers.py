@@ -1,7 +1,7 @@
 """Activation range observers: min-max, percentile, MSE-optimal and entropy (KL).
 
-Two passes over the calibration data: pass one records min/max, pass two fills a fixed
-2048-bin histogram over that range, from which percentile / MSE / entropy ranges are read.
+One pass over the calibration data records exact min/max and a random sample of values per
+tensor; a 2048-bin histogram of the sample over [min, max] feeds percentile / MSE / entropy.
 The histogram search is hand-written because no maintained library exposes it as a plain
 function over a histogram (ORT's and TensorRT's calibrators are tied to their own graphs).
 """
@@ -17,28 +17,44 @@ from torch import Tensor
 BINS = 2048
 
 
+SAMPLES_PER_BATCH = 1 << 16
+
+
 @dataclass
 class TensorStats:
-    """Running statistics of one activation tensor over the calibration set."""
+    """Running statistics of one activation tensor over the calibration set.
+
+    One pass: exact min/max, per-channel sums (for bias correction) and a seeded random
+    sample of values; the histogram the range searches read is built from the sample at the
+    end (a second pass over the data would double the cost of calibration).
+    """
 
     lo: float = float("inf")
     hi: float = float("-inf")
     hist: np.ndarray | None = None
     channel_sum: Tensor | None = None  # per-channel sum over N, H, W (for bias correction)
     count: int = 0
-    extra: dict = field(default_factory=dict)
+    samples: list[Tensor] = field(default_factory=list)
 
     def update_range(self, x: Tensor) -> None:
-        if not torch.isfinite(x).all():
+        lo, hi = torch.aminmax(x.detach())
+        lo_f, hi_f = float(lo), float(hi)
+        if not (np.isfinite(lo_f) and np.isfinite(hi_f)):
             raise ValueError("non-finite activation")
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
+        self.lo = min(self.lo, lo_f)
+        self.hi = max(self.hi, hi_f)
+
+    def update_samples(self, x: Tensor, gen: torch.Generator) -> None:
+        flat = x.detach().reshape(-1)
+        if flat.numel() > SAMPLES_PER_BATCH:
+            flat = flat[torch.randint(flat.numel(), (SAMPLES_PER_BATCH,), generator=gen)]
+        self.samples.append(flat.to(torch.float32).clone())
 
     def update_channel_mean(self, x: Tensor) -> None:
         if x.dim() < 2:
             return
         dims = [d for d in range(x.dim()) if d != 1]
-        s = x.to(torch.float64).sum(dim=dims)
+        s = x.detach().sum(dim=dims).to(torch.float64)
         self.channel_sum = s if self.channel_sum is None else self.channel_sum + s
         self.count += x.numel() // x.shape[1]
 
@@ -46,6 +62,12 @@ class TensorStats:
         if self.channel_sum is None or self.count == 0:
             return None
         return self.channel_sum / self.count
+
+    def finalize(self) -> None:
+        """Histogram of the sampled values over the exact [min, max] range."""
+        if self.samples:
+            self.update_hist(torch.cat(self.samples))
+            self.samples = []
 
     def update_hist(self, x: Tensor) -> None:
         lo, hi = self.bin_range()
@@ -101,31 +123,33 @@ def mse_range(stats: TensorStats, levels: int, steps: int = 100) -> tuple[float,
 
 
 def entropy_range(stats: TensorStats, levels: int) -> tuple[float, float]:
-    """TensorRT-style KL-divergence calibration on the side of the histogram away from 0."""
+    """TensorRT-style KL calibration: the |x| threshold whose quantized histogram diverges least.
+
+    The threshold clips both sides symmetrically (ranges never extend past the observed ones).
+    """
     if stats.hist is None:
         return stats.lo, stats.hi
-    hist = stats.hist
     edges = _edges(stats)
-    zero_bin = int(np.clip(np.searchsorted(edges, 0.0) - 1, 0, BINS - 1))
-    pos = hist[zero_bin:]
-    if pos.sum() == 0:
-        return stats.lo, stats.hi
-    n_q = max(levels // 2 if stats.lo < 0 else levels, 2)
-    best_i, best_kl = len(pos), float("inf")
-    for i in range(max(n_q, 16), len(pos) + 1, max(1, len(pos) // 128)):
-        p = pos[:i].copy()
-        p[-1] += pos[i:].sum()
-        chunks = np.array_split(pos[:i], n_q)
+    centers = np.abs((edges[:-1] + edges[1:]) / 2)
+    amax = max(abs(stats.lo), abs(stats.hi), 1e-12)
+    bins = 512
+    hist, _ = np.histogram(centers, bins=bins, range=(0.0, amax), weights=stats.hist)
+    n_q = max((levels // 2) if stats.lo < 0 else levels, 2)
+    best_i, best_kl = bins, float("inf")
+    for i in range(n_q, bins + 1, 4):
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()
+        if p.sum() == 0:
+            continue
+        chunks = np.array_split(hist[:i], n_q)
         q = np.concatenate([np.where(c > 0, c.sum() / max((c > 0).sum(), 1), 0.0) for c in chunks])
         p_n, q_n = p / p.sum(), q / max(q.sum(), 1e-30)
         mask = p_n > 0
         kl = float(np.sum(p_n[mask] * np.log(p_n[mask] / np.maximum(q_n[mask], 1e-12))))
         if kl < best_kl:
             best_i, best_kl = i, kl
-    hi = edges[zero_bin + best_i]
-    ratio = hi / max(stats.hi, 1e-12)
-    lo = stats.lo * ratio if stats.lo < 0 else stats.lo
-    return min(lo, 0.0), max(hi, 0.0)
+    t = amax * best_i / bins
+    return max(stats.lo, -t), min(stats.hi, t)
 
 
 def choose_range(stats: TensorStats, method: str, levels: int, pct: float) -> tuple[float, float]:

@@ -53,30 +53,30 @@ def _batches(x: Tensor, size: int) -> Iterable[Tensor]:
 def collect_stats(
     graph: Graph, plan: QuantPlan, x: Tensor, cfg: PTQConfig, progress: bool = False
 ) -> dict[str, TensorStats]:
-    """Observe every planned tensor: ranges, histograms (pass two) and per-channel means."""
+    """Observe every planned tensor in one pass: ranges, value samples, per-channel means."""
     stats = {t: TensorStats() for t in plan.act_specs}
     wants_mean = {n.inputs[0] for n in graph.nodes if n.name in plan.weight_specs}
-    need_hist = cfg.act_observer != "minmax"
-    passes = 2 if need_hist else 1
+    sample = cfg.act_observer != "minmax"
+    gen = torch.Generator().manual_seed(0)
     batches = list(_batches(x, cfg.calib_batch))
+
+    def observe(name: str, value: Tensor) -> None:
+        s = stats.get(name)
+        if s is None:
+            return
+        s.update_range(value)
+        if sample:
+            s.update_samples(value, gen)
+        if name in wants_mean:
+            s.update_channel_mean(value)
+
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("calibrating", total=passes * len(batches))
-        for p in range(passes):
-
-            def observe(name: str, value: Tensor, p: int = p) -> None:
-                s = stats.get(name)
-                if s is None:
-                    return
-                if p == 0:
-                    s.update_range(value)
-                    if name in wants_mean:
-                        s.update_channel_mean(value)
-                else:
-                    s.update_hist(value)
-
-            for xb in batches:
-                run_graph(graph, xb, dtype=torch.float32, observe=observe)
-                bar.advance(task)
+        task = bar.add_task("calibrating", total=len(batches))
+        for xb in batches:
+            run_graph(graph, xb, dtype=torch.float32, observe=observe)
+            bar.advance(task)
+    for s in stats.values():
+        s.finalize()
     return stats
 
 
@@ -108,12 +108,24 @@ def _weight_shift(node: Node, dw: Tensor, in_mean: Tensor) -> Tensor:
 
 
 def quantize_node_weights(
-    node: Node, spec: QSpec, in_qp: QParams, method: str, in_mean: Tensor | None
+    node: Node,
+    spec: QSpec,
+    in_qp: QParams,
+    method: str,
+    in_mean: Tensor | None,
+    given: QuantWeight | None = None,
 ) -> QuantWeight:
-    """Integer weight codes, optionally bias-corrected, and int32 bias codes."""
+    """Integer weight codes, optionally bias-corrected, and int32 bias codes.
+
+    ``given`` weights (e.g. REx terms) are used as they are: no re-quantization and no bias
+    correction; only the bias is quantized, on the input x weight scale grid.
+    """
     w = node.params["weight"].detach().to(torch.float64)
-    qp = weight_qparams(w, spec, method)
-    codes = quantize_weight(w, qp)
+    if given is not None:
+        qp, codes, in_mean = given.qparams, given.codes, None
+    else:
+        qp = weight_qparams(w, spec, method)
+        codes = quantize_weight(w, qp)
     bias = node.params["bias"].detach().to(torch.float64)
     if in_mean is not None:
         dq = qp.dequantize(torch.from_numpy(codes.astype(np.int64)))
@@ -125,9 +137,17 @@ def quantize_node_weights(
 
 
 def quantize_graph(
-    graph: Graph, cfg: PTQConfig, target: Target, calib: Tensor, progress: bool = False
+    graph: Graph,
+    cfg: PTQConfig,
+    target: Target,
+    calib: Tensor,
+    progress: bool = False,
+    weight_overrides: dict[str, QuantWeight] | None = None,
 ) -> QModel:
-    """PTQ of a captured graph. See :func:`quantize` for a module."""
+    """PTQ of a captured graph. See :func:`quantize` for a module.
+
+    ``weight_overrides`` maps node names to pre-quantized weights used as given (REx terms).
+    """
     check_calibration_data(calib, graph)
     started = time.perf_counter()
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
@@ -140,7 +160,8 @@ def quantize_graph(
             continue
         mean = stats[node.inputs[0]].channel_mean() if cfg.bias_correction else None
         weights[node.name] = quantize_node_weights(
-            node, spec, act_qp[node.inputs[0]], cfg.weight_observer, mean
+            node, spec, act_qp[node.inputs[0]], cfg.weight_observer, mean,
+            (weight_overrides or {}).get(node.name),
         )
     meta = {
         "plan": plan.to_json(),
