@@ -46,5 +46,16 @@ def convert(model: str = "mobilenet_v2_fmnist", target: str = "arm-cpu-tflite", 
     return _convert(ConvertOptions(model=model, target=target, **options), progress=progress)
 
 
-__all__ = ["PTQConfig", "QATConfig", "RExConfig", "UserError", "__version__", "convert",
-           "create_model", "export", "list_models", "load_target", "quantize"]
+__all__ = [
+    "PTQConfig",
+    "QATConfig",
+    "RExConfig",
+    "UserError",
+    "__version__",
+    "convert",
+    "create_model",
+    "export",
+    "list_models",
+    "load_target",
+    "quantize",
+]

@@ -122,7 +122,9 @@ def load_bundle(root: Path, verify: bool = True) -> Bundle:
         for rel, digest in manifest["files"].items():
             path = root / rel
             if not path.is_file():
-                raise UserError(f"bundle file '{rel}' listed in the manifest is missing from {root}")
+                raise UserError(
+                    f"bundle file '{rel}' listed in the manifest is missing from {root}"
+                )
             actual = sha256_file(path)
             if actual != digest:
                 raise UserError(

@@ -19,8 +19,13 @@ from edgeres.errors import UserError
 
 # The runtime each target runtime is checked with on this host. Vela output needs an Ethos-U;
 # TFLM is bit-exact with LiteRT's reference kernels (tested), which are much faster here.
-HOST_RUNTIME = {"onnxruntime": "onnxruntime", "litert-xnnpack": "litert-xnnpack",
-                "litert-ref": "litert-ref", "tflm": "litert-ref", "vela": "litert-ref"}
+HOST_RUNTIME = {
+    "onnxruntime": "onnxruntime",
+    "litert-xnnpack": "litert-xnnpack",
+    "litert-ref": "litert-ref",
+    "tflm": "litert-ref",
+    "vela": "litert-ref",
+}
 RUNTIMES = ("onnxruntime", "litert-xnnpack", "litert-ref", "tflm")
 
 
@@ -45,8 +50,9 @@ def decode_output(y: np.ndarray, entry: dict) -> np.ndarray:
     return y
 
 
-def run_model(bundle: Bundle, x: np.ndarray, runtime: str | None = None, threads: int = 1
-              ) -> list[np.ndarray]:
+def run_model(
+    bundle: Bundle, x: np.ndarray, runtime: str | None = None, threads: int = 1
+) -> list[np.ndarray]:
     """Run the bundle's model on float NCHW ``x``; returns raw outputs (file dtype/layout)."""
     runtime = runtime or HOST_RUNTIME[bundle.manifest["runtime"]]
     entry = bundle.manifest["inputs"][0]
@@ -96,8 +102,10 @@ class Agreement:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
-                for k, v in d.items()}
+        return {
+            k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
+            for k, v in d.items()
+        }
 
 
 def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> Agreement:
@@ -109,8 +117,13 @@ def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> Agr
     return res
 
 
-def evaluate(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, runtime: str | None = None,
-             batch: int = 256) -> Agreement:
+def evaluate(
+    bundle: Bundle,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    runtime: str | None = None,
+    batch: int = 256,
+) -> Agreement:
     """Float reference vs the bundle's model over ``x`` (float NCHW), in batches."""
     refs, tests = [], []
     out_entry = bundle.manifest["outputs"][0]
@@ -136,9 +149,17 @@ class LayerReport:
     jump_db: float = 0.0
 
     def to_json(self) -> dict:
-        return {"first_jump": self.first_jump, "jump_db": round(self.jump_db, 2),
-                "layers": [{"tensor": t.tensor, "sqnr_db": round(t.sqnr_db, 2)
-                            if math.isfinite(t.sqnr_db) else None} for t in self.layers]}
+        return {
+            "first_jump": self.first_jump,
+            "jump_db": round(self.jump_db, 2),
+            "layers": [
+                {
+                    "tensor": t.tensor,
+                    "sqnr_db": round(t.sqnr_db, 2) if math.isfinite(t.sqnr_db) else None,
+                }
+                for t in self.layers
+            ],
+        }
 
 
 def _float_intermediates(bundle: Bundle, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:

@@ -18,8 +18,7 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
     """Verify hashes, golden vectors, float agreement and (for .tflite) per-layer SQNR."""
     bundle = load_bundle(root)
     m = bundle.manifest
-    report: dict = {"bundle": str(root), "model": m["model"], "target": m["target"],
-                    "hashes": "ok"}
+    report: dict = {"bundle": str(root), "model": m["model"], "target": m["target"], "hashes": "ok"}
     report["golden_max_code_diff"] = check_golden(bundle, runtime)
     entry = m["inputs"][0]
     if data:
@@ -61,8 +60,9 @@ def print_check(report: dict, console: Console) -> None:
     if "first_jump" in layers:
         jump = layers["first_jump"]
         t.add_row("first error jump", f"{jump} (-{layers['jump_db']:.1f} dB)" if jump else "none")
-        worst = sorted((x for x in layers["layers"] if x["sqnr_db"] is not None),
-                       key=lambda x: x["sqnr_db"])[:3]
+        worst = sorted(
+            (x for x in layers["layers"] if x["sqnr_db"] is not None), key=lambda x: x["sqnr_db"]
+        )[:3]
         t.add_row("worst layers", ", ".join(f"{x['tensor']} {x['sqnr_db']:.1f} dB" for x in worst))
     console.print(t)
 

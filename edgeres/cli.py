@@ -16,8 +16,12 @@ from rich.table import Table
 
 from edgeres.errors import AccuracyFloorError, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Quantize residual mobile networks and ship them, checked, to devices.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Quantize residual mobile networks and ship them, checked, to devices.",
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -52,16 +56,22 @@ def zoo() -> None:
                 avail.append(wname)
             except UserError:
                 avail.append(f"{wname} (missing)")
-        table.add_row(name, f"{params:,}", f"{graph_macs(g) / 1e6:.1f}",
-                      f"{e.in_chans}x{e.img_size}x{e.img_size}", ", ".join(avail) or "-",
-                      e.description)
+        table.add_row(
+            name,
+            f"{params:,}",
+            f"{graph_macs(g) / 1e6:.1f}",
+            f"{e.in_chans}x{e.img_size}x{e.img_size}",
+            ", ".join(avail) or "-",
+            e.description,
+        )
         del param_count
     out.print(table)
 
 
 @app.command()
-def targets(names: Annotated[bool, typer.Option("--names", help="one name per line")] = False
-            ) -> None:
+def targets(
+    names: Annotated[bool, typer.Option("--names", help="one name per line")] = False,
+) -> None:
     """List target profiles (targets/*.toml)."""
     from edgeres.targets import list_targets, render_targets_table, target_names
 
@@ -100,7 +110,8 @@ def explain(
     for n in g.nodes:
         kind = n.attrs.get("kind") if n.op == "act" else None
         label = (f"{n.op}({kind})" if kind else n.op) + (
-            f"+{n.attrs['act']}" if n.attrs.get("act", "none") != "none" else "")
+            f"+{n.attrs['act']}" if n.attrs.get("act", "none") != "none" else ""
+        )
         if n.name in plan.float_nodes:
             where, why = "CPU float", plan.float_nodes[n.name]
         else:
@@ -114,8 +125,9 @@ def explain(
 
 @app.command()
 def convert(
-    model: Annotated[str, typer.Argument(help="zoo name, checkpoint or module:factory")
-                     ] = "mobilenet_v2_fmnist",
+    model: Annotated[
+        str, typer.Argument(help="zoo name, checkpoint or module:factory")
+    ] = "mobilenet_v2_fmnist",
     target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
     scheme: Annotated[str, typer.Option(help="ptq | rex | qat")] = "ptq",
     weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,
@@ -126,8 +138,9 @@ def convert(
     ignore: Annotated[list[str] | None, typer.Option(help="layers kept in float")] = None,
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
-    rex_budget: Annotated[float | None, typer.Option(help="REx extra-MAC budget (0.25=+25%)")
-                          ] = None,
+    rex_budget: Annotated[
+        float | None, typer.Option(help="REx extra-MAC budget (0.25=+25%)")
+    ] = None,
     min_agreement: Annotated[float | None, typer.Option(help="fail (exit 1) below this %")] = None,
     max_drop: Annotated[float | None, typer.Option(help="fail (exit 1) above this drop")] = None,
     bench: Annotated[bool, typer.Option(help="measure latency/memory")] = True,
@@ -137,9 +150,23 @@ def convert(
     from edgeres.convert import ConvertOptions
     from edgeres.convert import convert as run
 
-    opts = ConvertOptions(model, target, scheme, weights, calib, eval_data, bits, out_dir,  # type: ignore[arg-type]
-                          tuple(ignore or ()), rex_order, rex_sparsity, rex_budget,
-                          min_agreement=min_agreement, max_drop=max_drop, bench=bench)
+    opts = ConvertOptions(
+        model,
+        target,
+        scheme,
+        weights,
+        calib,
+        eval_data,
+        bits,
+        out_dir,  # type: ignore[arg-type]
+        tuple(ignore or ()),
+        rex_order,
+        rex_sparsity,
+        rex_budget,
+        min_agreement=min_agreement,
+        max_drop=max_drop,
+        bench=bench,
+    )
     floor_error: AccuracyFloorError | None = None
     try:
         result = run(opts, progress=not as_json)
@@ -160,8 +187,16 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
     table = Table(title=f"{s['model']} -> {s['target']} ({s['scheme']})", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    for key in ("bundle", "model_file", "size_bytes", "samples", "float_top1", "quant_top1",
-                "top1_agreement", "sqnr_db"):
+    for key in (
+        "bundle",
+        "model_file",
+        "size_bytes",
+        "samples",
+        "float_top1",
+        "quant_top1",
+        "top1_agreement",
+        "sqnr_db",
+    ):
         if s.get(key) is not None:
             table.add_row(key, _fmt(s[key]))
     for key in ("tflm_arena_bytes", "arena_budget_bytes"):
@@ -169,18 +204,26 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
             table.add_row(key, _fmt(result.manifest[key]))
     if "vela" in result.manifest:
         v = result.manifest["vela"]
-        table.add_row("vela", f"{v['npu_ops']} ops on NPU, {v['cpu_ops']} on CPU, "
-                              f"{v['inference_ms']:.2f} ms est., SRAM {v['sram_bytes']:,} B")
+        table.add_row(
+            "vela",
+            f"{v['npu_ops']} ops on NPU, {v['cpu_ops']} on CPU, "
+            f"{v['inference_ms']:.2f} ms est., SRAM {v['sram_bytes']:,} B",
+        )
     if result.bench:
         for row in result.bench.get("latency", []):
             mem = row.get("peak_rss_delta_bytes")
-            table.add_row(f"latency, {row['threads']} thread(s) ({result.bench['runtime']})",
-                          f"median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms"
-                          + (f", peak +{mem / 2**20:.1f} MiB" if mem else ""))
+            table.add_row(
+                f"latency, {row['threads']} thread(s) ({result.bench['runtime']})",
+                f"median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms"
+                + (f", peak +{mem / 2**20:.1f} MiB" if mem else ""),
+            )
         for c in result.bench.get("budget", []):
             verdict = "PASS" if c["passed"] else "FAIL"
-            table.add_row("budget", f"{verdict} {c['what']} {c['value']:,.0f} {c['unit']} vs "
-                                    f"{c['limit']:,.0f} {c['unit']} ({c['source']})")
+            table.add_row(
+                "budget",
+                f"{verdict} {c['what']} {c['value']:,.0f} {c['unit']} vs "
+                f"{c['limit']:,.0f} {c['unit']} ({c['source']})",
+            )
     where: dict[str, int] = {}
     for op in result.manifest["ops"]:
         where[op["where"]] = where.get(op["where"], 0) + 1
@@ -191,8 +234,9 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
 @app.command()
 def check(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
-    runtime: Annotated[str | None, typer.Option(help="onnxruntime | litert-xnnpack | "
-                                                      "litert-ref | tflm")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="onnxruntime | litert-xnnpack | litert-ref | tflm")
+    ] = None,
     data: Annotated[str | None, typer.Option(help="data spec (default: the bundle's)")] = None,
     layers: Annotated[bool, typer.Option(help="per-layer float-vs-int debugger")] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,

@@ -70,42 +70,80 @@ class ConvertResult:
 
     def summary(self) -> dict:
         m = self.manifest["metrics"]
-        out = {"bundle": str(self.bundle), "model": self.manifest["model"],
-               "target": self.manifest["target"], "scheme": self.manifest["scheme"],
-               "model_file": self.manifest["model_file"],
-               "size_bytes": self.manifest["size_bytes"], **m}
+        out = {
+            "bundle": str(self.bundle),
+            "model": self.manifest["model"],
+            "target": self.manifest["target"],
+            "scheme": self.manifest["scheme"],
+            "model_file": self.manifest["model_file"],
+            "size_bytes": self.manifest["size_bytes"],
+            **m,
+        }
         if self.bench:
             out["bench"] = self.bench
         return out
 
 
 def default_calib(rm: ResolvedModel) -> str:
-    return {"fmnist": "fmnist:train@512", "imagenet": "photos@64"}.get(rm.label_set or "",
-                                                                      "synthetic@32")
+    return {"fmnist": "fmnist:train@512", "imagenet": "photos@64"}.get(
+        rm.label_set or "", "synthetic@32"
+    )
 
 
 def default_eval(rm: ResolvedModel) -> str:
     return {"fmnist": "fmnist:test@1000", "imagenet": "imagenet-agreement"}.get(
-        rm.label_set or "", "synthetic@16")
+        rm.label_set or "", "synthetic@16"
+    )
 
 
-def _quantize(rm: ResolvedModel, opts: ConvertOptions, target: Target, calib: DataSet,
-              graph, progress: bool) -> QModel:  # noqa: ANN001 - Graph
+def _quantize(
+    rm: ResolvedModel, opts: ConvertOptions, target: Target, calib: DataSet, graph, progress: bool
+) -> QModel:  # noqa: ANN001 - Graph
     wbits, abits = parse_bits(opts.bits)
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore))
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     if opts.scheme == "rex":
-        from edgeres.quant.rex import quantize_rex
+        from edgeres.graph.rex_expand import quantize_rex
 
-        cfg = RExConfig(order=opts.rex_order, sparsity=opts.rex_sparsity, weight_bits=wbits,
-                        budget_macs=opts.rex_budget_macs, ptq=ptq)
+        cfg = RExConfig(
+            order=opts.rex_order,
+            sparsity=opts.rex_sparsity,
+            weight_bits=wbits,
+            budget_macs=opts.rex_budget_macs,
+            ptq=ptq,
+        )
         return quantize_rex(graph, cfg, target, calib.x, progress=progress)
     if opts.scheme == "qat":
-        from edgeres.quant.qat import qat_for_convert
-
-        return qat_for_convert(rm, graph, target, wbits, abits, calib, opts.qat_steps, progress)
+        return _qat(rm, graph, target, wbits, abits, opts, progress)
     raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex or qat)")
+
+
+def _qat(
+    rm: ResolvedModel,
+    graph,
+    target: Target,
+    wbits: int,
+    abits: int,  # noqa: ANN001
+    opts: ConvertOptions,
+    progress: bool,
+) -> QModel:
+    """A short QAT run (``opts.qat_steps`` steps) on the model's labelled training data."""
+    import tempfile
+
+    from edgeres.config import QATConfig
+    from edgeres.quant.qat_train import run_qat
+
+    if rm.label_set != "fmnist":
+        raise UserError(
+            f"--scheme qat needs a labelled training set for '{rm.name}'; use `edgeres qat` "
+            "or tools/bench_qat.py with your data, or --scheme ptq|rex"
+        )
+    train = load_spec("fmnist:train", rm.preprocess, rm.in_chans, rm.img_size)
+    val = load_spec("fmnist:test@1000", rm.preprocess, rm.in_chans, rm.img_size)
+    cfg = QATConfig(weight_bits=wbits, act_bits=abits, epochs=1, steps=opts.qat_steps)
+    with tempfile.TemporaryDirectory(prefix="edgeres-qat-") as tmp:
+        return run_qat(graph, target, cfg, train, val, Path(tmp), progress=progress).qmodel
 
 
 def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, dict]:  # noqa: ANN001
@@ -121,8 +159,9 @@ def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, di
     io_dtype = "float32" if target.io_dtype == "float32" else "int8"
     # SiLU/GELU as exact int8 lookup tables keep the graph integer on LiteRT and TFLM (TFLM has
     # no GELU, TFLite no int8 SiLU); Vela runs GELU natively but would put GATHER on the CPU.
-    info = export_tflite(qmodel, stage / "model.tflite", io_dtype,
-                         lut_activations=target.runtime != "vela")
+    info = export_tflite(
+        qmodel, stage / "model.tflite", io_dtype, lut_activations=target.runtime != "vela"
+    )
     return "model.tflite", _portable(info.to_json())
 
 
@@ -135,8 +174,14 @@ def _portable(info: dict) -> dict:
 
 def _io_entries(info: dict, rm: ResolvedModel) -> tuple[list[dict], list[dict]]:
     def entry(t: dict, pre: bool) -> dict:
-        e = {"name": t["name"], "shape": list(t["shape"]), "layout": t["layout"],
-             "dtype": t["dtype"], "scale": t["scale"], "zero_point": t["zero_point"]}
+        e = {
+            "name": t["name"],
+            "shape": list(t["shape"]),
+            "layout": t["layout"],
+            "dtype": t["dtype"],
+            "scale": t["scale"],
+            "zero_point": t["zero_point"],
+        }
         if pre:
             e["preprocess"] = rm.preprocess.to_json()
         return e
@@ -153,8 +198,14 @@ def _ops(qmodel: QModel, target: Target) -> list[dict]:
         kind = node.attrs.get("kind") if node.op == "act" else None
         label = f"{node.op}({kind})" if kind else node.op
         if node.name in plan["float_nodes"]:
-            out.append({"node": node.name, "op": label, "where": "cpu-float",
-                        "why": plan["float_nodes"][node.name]})
+            out.append(
+                {
+                    "node": node.name,
+                    "op": label,
+                    "where": "cpu-float",
+                    "why": plan["float_nodes"][node.name],
+                }
+            )
             continue
         place = target.placement(node.op, kind)
         where = engine if place == "integer" else "cpu-int8"
@@ -172,12 +223,14 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
         for key in sorted(arrays):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                        buf.getvalue())
+            zf.writestr(
+                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue()
+            )
 
 
-def _mcu_extras(stage: Path, target: Target, rm: ResolvedModel, golden_x: np.ndarray,
-                bundle: Bundle) -> dict:
+def _mcu_extras(
+    stage: Path, target: Target, rm: ResolvedModel, golden_x: np.ndarray, bundle: Bundle
+) -> dict:
     """TFLM arena (measured on the host interpreter) and the C arrays for firmware."""
     from edgeres import __version__
     from edgeres.export.c import export_c
@@ -185,11 +238,17 @@ def _mcu_extras(stage: Path, target: Target, rm: ResolvedModel, golden_x: np.nda
 
     feed = [encode_input(golden_x[:1], bundle.manifest["inputs"][0])]
     res = run_tflm(bundle.model_file, feed)
-    export_c(bundle.model_file.read_bytes(), stage, res.arena_bytes, rm.name, target.name,
-             __version__)
-    fits = None if target.memory.arena_bytes is None else res.arena_bytes <= target.memory.arena_bytes
-    return {"tflm_arena_bytes": res.arena_bytes, "arena_budget_bytes": target.memory.arena_bytes,
-            "arena_fits": fits}
+    export_c(
+        bundle.model_file.read_bytes(), stage, res.arena_bytes, rm.name, target.name, __version__
+    )
+    fits = (
+        None if target.memory.arena_bytes is None else res.arena_bytes <= target.memory.arena_bytes
+    )
+    return {
+        "tflm_arena_bytes": res.arena_bytes,
+        "arena_budget_bytes": target.memory.arena_bytes,
+        "arena_fits": fits,
+    }
 
 
 def _vela_extras(stage: Path, target: Target, bundle: Bundle) -> dict:
@@ -197,20 +256,35 @@ def _vela_extras(stage: Path, target: Target, bundle: Bundle) -> dict:
 
     v = target.vela
     assert v is not None
-    rep = compile_vela(bundle.model_file, v.accelerator_config, out_dir=stage / "vela",
-                       system_config=v.system_config, memory_mode=v.memory_mode, config=v.config)
+    rep = compile_vela(
+        bundle.model_file,
+        v.accelerator_config,
+        out_dir=stage / "vela",
+        system_config=v.system_config,
+        memory_mode=v.memory_mode,
+        config=v.config,
+    )
     for extra in (stage / "vela").glob("*"):
         if extra.name != "model_vela.tflite":
             extra.unlink()
-    return {"vela": {"accelerator": rep.accelerator, "npu_ops": rep.npu_ops,
-                     "cpu_ops": rep.cpu_ops, "cpu_op_types": rep.cpu_op_types,
-                     "cycles": rep.cycles_total, "inference_ms": rep.inference_time_s * 1e3,
-                     "sram_bytes": rep.sram_bytes, "flash_bytes": rep.flash_bytes,
-                     "all_on_npu": rep.all_on_npu}}
+    return {
+        "vela": {
+            "accelerator": rep.accelerator,
+            "npu_ops": rep.npu_ops,
+            "cpu_ops": rep.cpu_ops,
+            "cpu_op_types": rep.cpu_op_types,
+            "cycles": rep.cycles_total,
+            "inference_ms": rep.inference_time_s * 1e3,
+            "sram_bytes": rep.sram_bytes,
+            "flash_bytes": rep.flash_bytes,
+            "all_on_npu": rep.all_on_npu,
+        }
+    }
 
 
-def convert(opts: ConvertOptions, progress: bool = True, console: Console | None = None
-            ) -> ConvertResult:
+def convert(
+    opts: ConvertOptions, progress: bool = True, console: Console | None = None
+) -> ConvertResult:
     """Quantize, export, check and bundle ``opts.model`` for ``opts.target``."""
     console = console or Console(stderr=True, quiet=not progress)
     timings: dict[str, float] = {}
@@ -224,10 +298,22 @@ def convert(opts: ConvertOptions, progress: bool = True, console: Console | None
         raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex or qat)")
     rm = resolve_model(opts.model, opts.weights)
     torch.manual_seed(0)
-    calib = load_spec(opts.calib or default_calib(rm), rm.preprocess, rm.in_chans, rm.img_size,
-                      model=rm.module, progress=progress)
-    evalset = load_spec(opts.eval or default_eval(rm), rm.preprocess, rm.in_chans, rm.img_size,
-                        model=rm.module, progress=progress)
+    calib = load_spec(
+        opts.calib or default_calib(rm),
+        rm.preprocess,
+        rm.in_chans,
+        rm.img_size,
+        model=rm.module,
+        progress=progress,
+    )
+    evalset = load_spec(
+        opts.eval or default_eval(rm),
+        rm.preprocess,
+        rm.in_chans,
+        rm.img_size,
+        model=rm.module,
+        progress=progress,
+    )
     graph = capture(rm.module, calib.x[:1])
     console.log(f"{rm.name}: {len(graph.nodes)} ops captured; calibrating on {calib.name}")
     t1 = time.perf_counter()
@@ -239,21 +325,34 @@ def convert(opts: ConvertOptions, progress: bool = True, console: Console | None
     with staged_bundle(out) as stage:
         model_file, info = _export(qmodel, graph, target, stage)
         inputs, outputs = _io_entries(info, rm)
-        manifest = {"model": rm.name, "target": target.name, "scheme": opts.scheme,
-                    "bits": opts.bits, "runtime": target.runtime, "format": target.format,
-                    "model_file": model_file, "inputs": inputs, "outputs": outputs,
-                    "labels": rm.labels, "weights": rm.weights,
-                    "tensor_order": qmodel.graph.tensors(), "size_bytes": info["size_bytes"]}
+        manifest = {
+            "model": rm.name,
+            "target": target.name,
+            "scheme": opts.scheme,
+            "bits": opts.bits,
+            "runtime": target.runtime,
+            "format": target.format,
+            "model_file": model_file,
+            "inputs": inputs,
+            "outputs": outputs,
+            "labels": rm.labels,
+            "weights": rm.weights,
+            "tensor_order": qmodel.graph.tensors(),
+            "size_bytes": info["size_bytes"],
+        }
         bundle = Bundle(stage, manifest)
-        console.log(f"exported {model_file}; checking on {evalset.name} "
-                    f"({HOST_RUNTIME[target.runtime]})")
+        console.log(
+            f"exported {model_file}; checking on {evalset.name} ({HOST_RUNTIME[target.runtime]})"
+        )
         t2 = time.perf_counter()
         metrics = evaluate(bundle, x_eval, y_eval).to_json()
         timings["check_s"] = time.perf_counter() - t2
         gx = x_eval[:GOLDEN_SAMPLES]
         raw = run_model(bundle, gx)[0]
-        save_arrays(stage / "golden" / "golden.npz",
-                    {"x": gx, "x_raw": encode_input(gx, inputs[0]), "y_raw": raw})
+        save_arrays(
+            stage / "golden" / "golden.npz",
+            {"x": gx, "x_raw": encode_input(gx, inputs[0]), "y_raw": raw},
+        )
         extras: dict = {}
         if target.runtime == "tflm":
             extras = _mcu_extras(stage, target, rm, gx, bundle)
@@ -262,16 +361,30 @@ def convert(opts: ConvertOptions, progress: bool = True, console: Console | None
         sq = layer_sqnr(qmodel, torch.from_numpy(x_eval[:4]))
         from edgeres import __version__
 
-        manifest.update(metrics=metrics, ops=_ops(qmodel, target), edgeres_version=__version__,
-                        **extras)
-        report = {"model": rm.name, "target": target.name, "metrics": metrics,
-                  "summary": {"scheme": opts.scheme, "bits": opts.bits,
-                              "calibration": calib.name, "evaluation": evalset.name,
-                              "model_file": model_file, "size_bytes": info["size_bytes"],
-                              **{k: v for k, v in extras.items() if not isinstance(v, dict)}},
-                  "plan": qmodel.meta.get("plan", {}), "export": info, "ops": manifest["ops"],
-                  "layer_sqnr": [{"layer": n, "sqnr_db": round(s, 2) if np.isfinite(s) else None}
-                                 for n, s in sq], **extras}
+        manifest.update(
+            metrics=metrics, ops=_ops(qmodel, target), edgeres_version=__version__, **extras
+        )
+        report = {
+            "model": rm.name,
+            "target": target.name,
+            "metrics": metrics,
+            "summary": {
+                "scheme": opts.scheme,
+                "bits": opts.bits,
+                "calibration": calib.name,
+                "evaluation": evalset.name,
+                "model_file": model_file,
+                "size_bytes": info["size_bytes"],
+                **{k: v for k, v in extras.items() if not isinstance(v, dict)},
+            },
+            "plan": qmodel.meta.get("plan", {}),
+            "export": info,
+            "ops": manifest["ops"],
+            "layer_sqnr": [
+                {"layer": n, "sqnr_db": round(s, 2) if np.isfinite(s) else None} for n, s in sq
+            ],
+            **extras,
+        }
         write_report(stage, report)
         manifest = write_manifest(stage, manifest)
     timings["total_s"] = time.perf_counter() - t0

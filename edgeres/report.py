@@ -45,8 +45,11 @@ def sqnr_plot(layers: list[tuple[str, float]]) -> str:
 
 def accuracy_plot(metrics: dict) -> str:
     labels, values = [], []
-    for key, label in (("float_top1", "float"), ("quant_top1", "quantized"),
-                       ("top1_agreement", "agreement")):
+    for key, label in (
+        ("float_top1", "float"),
+        ("quant_top1", "quantized"),
+        ("top1_agreement", "agreement"),
+    ):
         if metrics.get(key) is not None:
             labels.append(label)
             values.append(metrics[key])
@@ -77,30 +80,50 @@ def write_report(stage: Path, report: dict) -> None:
     """Write ``report.json`` and ``report.html`` into the bundle staging folder."""
     (stage / "report.json").write_text(dumps(report))
     m = report.get("metrics", {})
-    parts = [f"<h1>edgeres bundle: {html.escape(report['model'])} on "
-             f"{html.escape(report['target'])}</h1>"]
+    parts = [
+        f"<h1>edgeres bundle: {html.escape(report['model'])} on "
+        f"{html.escape(report['target'])}</h1>"
+    ]
     parts.append(_table([(k, v) for k, v in report.get("summary", {}).items()], ("what", "value")))
     if m:
         parts.append("<h2>Accuracy against the float model</h2>" + accuracy_plot(m))
     layers = report.get("layer_sqnr", [])
     if layers:
         parts.append("<h2>Per-layer SQNR (simulation vs float)</h2>")
-        parts.append(sqnr_plot([(d["layer"], d["sqnr_db"] if d["sqnr_db"] is not None
-                                 else math.inf) for d in layers]))
-        worst = sorted((d for d in layers if d["sqnr_db"] is not None),
-                       key=lambda d: d["sqnr_db"])[:8]
-        parts.append(_table([(d["layer"], d["sqnr_db"]) for d in worst],
-                            ("worst layers", "SQNR dB")))
+        parts.append(
+            sqnr_plot(
+                [
+                    (d["layer"], d["sqnr_db"] if d["sqnr_db"] is not None else math.inf)
+                    for d in layers
+                ]
+            )
+        )
+        worst = sorted((d for d in layers if d["sqnr_db"] is not None), key=lambda d: d["sqnr_db"])[
+            :8
+        ]
+        parts.append(
+            _table([(d["layer"], d["sqnr_db"]) for d in worst], ("worst layers", "SQNR dB"))
+        )
     ops = report.get("ops", [])
     if ops:
         parts.append("<h2>Where each op runs</h2>")
-        parts.append(_table([(o["node"], o["op"], o["where"], o.get("why", "")) for o in ops],
-                            ("node", "op", "where", "why")))
+        parts.append(
+            _table(
+                [(o["node"], o["op"], o["where"], o.get("why", "")) for o in ops],
+                ("node", "op", "where", "why"),
+            )
+        )
     plan = report.get("plan", {}).get("report", [])
     if plan:
         parts.append("<h2>Quantization decisions</h2>")
-        parts.append(_table([(d["subject"], d["decision"], d["reason"]) for d in plan],
-                            ("layer / tensor", "decision", "why")))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgeres report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+        parts.append(
+            _table(
+                [(d["subject"], d["decision"], d["reason"]) for d in plan],
+                ("layer / tensor", "decision", "why"),
+            )
+        )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>edgeres report</title>"
+        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
     (stage / "report.html").write_text(page)

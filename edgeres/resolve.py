@@ -49,9 +49,17 @@ def _from_zoo(name: str, weights: str | None, load: bool = True) -> ResolvedMode
         pretrained = None
     module = create_model(name, pretrained=pretrained)
     desc = weights or entry.default_weights or "random init (no shipped weights)"
-    return ResolvedModel(name, module, entry.img_size, entry.in_chans, entry.num_classes,
-                         entry.preprocess, labels_for(entry.labels, entry.num_classes),
-                         entry.labels, desc)
+    return ResolvedModel(
+        name,
+        module,
+        entry.img_size,
+        entry.in_chans,
+        entry.num_classes,
+        entry.preprocess,
+        labels_for(entry.labels, entry.num_classes),
+        entry.labels,
+        desc,
+    )
 
 
 def _state_signature(state: dict) -> dict[str, tuple[int, ...]]:
@@ -71,8 +79,9 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
         sig = _state_signature(state)
         for candidate in list_models():
             entry = get_entry(candidate)
-            ref = entry.factory(num_classes=entry.num_classes, in_chans=entry.in_chans,
-                                img_size=entry.img_size)
+            ref = entry.factory(
+                num_classes=entry.num_classes, in_chans=entry.in_chans, img_size=entry.img_size
+            )
             if _state_signature(ref.state_dict()) == sig:
                 name = candidate
                 break
@@ -107,8 +116,17 @@ def _from_factory(spec: str) -> ResolvedModel:
     classes = int(meta.get("num_classes", 1000))
     label_set = meta.get("labels") if isinstance(meta.get("labels"), str) else None
     labels = meta.get("labels") if isinstance(meta.get("labels"), list) else None
-    return ResolvedModel(fn_name, model.eval(), img, chans, classes, pre,
-                         labels or labels_for(label_set, classes), label_set, spec)
+    return ResolvedModel(
+        fn_name,
+        model.eval(),
+        img,
+        chans,
+        classes,
+        pre,
+        labels or labels_for(label_set, classes),
+        label_set,
+        spec,
+    )
 
 
 def resolve_model(spec: str, weights: str | None = None, load: bool = True) -> ResolvedModel:

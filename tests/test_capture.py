@@ -45,8 +45,13 @@ def test_bn_fold_and_fusion_are_separate_rewrites() -> None:
     assert [n.op for n in raw.nodes] == ["conv2d", "batchnorm", "act"]
     folded = fuse_activations(fold_batchnorm(raw))
     assert [n.op for n in folded.nodes] == ["conv2d"] and folded.nodes[0].attrs["act"] == "relu6"
-    assert torch.allclose(run_graph(folded, x)["0"] if "0" in folded.outputs else
-                          run_graph(folded, x)[folded.outputs[0]], m(x).double(), atol=1e-5)
+    assert torch.allclose(
+        run_graph(folded, x)["0"]
+        if "0" in folded.outputs
+        else run_graph(folded, x)[folded.outputs[0]],
+        m(x).double(),
+        atol=1e-5,
+    )
 
 
 def test_unfoldable_batchnorm_becomes_depthwise() -> None:

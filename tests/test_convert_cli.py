@@ -30,16 +30,19 @@ def weights(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, weights) -> Path:
     out = tmp_path_factory.mktemp("b") / "mnv2"
-    convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=out,
-                           **FAST), progress=False)
+    convert(
+        ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=out, **FAST),
+        progress=False,
+    )
     return out
 
 
 def test_bundle_layout_and_manifest(bundle: Path) -> None:
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["schema"] == "edgeres.bundle/1"
-    assert {"model.tflite", "float.onnx", "golden/golden.npz", "report.html",
-            "report.json"} <= set(m["files"])
+    assert {"model.tflite", "float.onnx", "golden/golden.npz", "report.html", "report.json"} <= set(
+        m["files"]
+    )
     (inp,), (outp,) = m["inputs"], m["outputs"]
     assert inp["shape"] == [1, 28, 28, 1] and inp["layout"] == "NHWC" and inp["dtype"] == "int8"
     assert inp["preprocess"]["mean"] == [0.286] and inp["scale"] > 0
@@ -61,8 +64,10 @@ def test_bundle_metadata_matches_the_file(bundle: Path) -> None:
 
 def test_convert_is_deterministic(bundle: Path, weights, tmp_path) -> None:
     again = tmp_path / "again"
-    convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=again,
-                           **FAST), progress=False)
+    convert(
+        ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=again, **FAST),
+        progress=False,
+    )
     files = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in files:
@@ -79,8 +84,12 @@ def test_failed_convert_keeps_previous_bundle(bundle: Path, weights, tmp_path, m
 
     monkeypatch.setattr("edgeres.convert.write_report", boom)
     with pytest.raises(RuntimeError):
-        convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights,
-                               out=target, **FAST), progress=False)
+        convert(
+            ConvertOptions(
+                "mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=target, **FAST
+            ),
+            progress=False,
+        )
     assert (target / "manifest.json").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".keep.")]
 
@@ -119,14 +128,17 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
     assert "golden output has shape" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["convert", "mobilenet_v9"], "unknown model 'mobilenet_v9'"),
-    (["convert", "mobilenet_v2_fmnist", "-t", "gpu-9000"], "unknown target 'gpu-9000'"),
-    (["convert", "mobilenet_v2_fmnist", "--bits", "8bit"], "--bits must look like"),
-    (["convert", "mobilenet_v2_fmnist", "--calib", "fmnist:valid"], "fmnist"),
-    (["convert", "/no/such.pth"], "does not exist"),
-    (["check", "/no/such/bundle"], "not a bundle"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["convert", "mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+        (["convert", "mobilenet_v2_fmnist", "-t", "gpu-9000"], "unknown target 'gpu-9000'"),
+        (["convert", "mobilenet_v2_fmnist", "--bits", "8bit"], "--bits must look like"),
+        (["convert", "mobilenet_v2_fmnist", "--calib", "fmnist:valid"], "fmnist"),
+        (["convert", "/no/such.pth"], "does not exist"),
+        (["check", "/no/such/bundle"], "not a bundle"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -134,9 +146,24 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
 
 
 def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
-    rc = main(["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out",
-               str(tmp_path / "f"), "--calib", "fmnist:train@32", "--eval", "fmnist:test@50",
-               "--no-bench", "--min-agreement", "100.5", "--json"])
+    rc = main(
+        [
+            "convert",
+            "mobilenet_v2_fmnist",
+            "--weights",
+            weights,
+            "--out",
+            str(tmp_path / "f"),
+            "--calib",
+            "fmnist:train@32",
+            "--eval",
+            "fmnist:test@50",
+            "--no-bench",
+            "--min-agreement",
+            "100.5",
+            "--json",
+        ]
+    )
     assert rc == 1
     out = capsys.readouterr()
     assert json.loads(out.out)["samples"] == 50 and "--min-agreement" in out.err
@@ -171,9 +198,12 @@ def test_evalbundle_reads_the_bundle(bundle: Path) -> None:
     tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "evalbundle.py"
     if not tool.is_file():
         pytest.skip(f"{tool} is not present on this machine")
-    proc = subprocess.run([sys.executable, str(tool), str(bundle), "fmnist", "--limit", "300"],
-                          capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(tool), str(bundle), "fmnist", "--limit", "300"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     ours = json.loads((bundle / "manifest.json").read_text())["metrics"]

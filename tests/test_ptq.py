@@ -49,7 +49,9 @@ def test_bits_the_target_lacks_fail_clearly(mnv2) -> None:
 
 def test_ignore_list_keeps_layers_float(mnv2) -> None:
     graph, x = mnv2
-    qm = quantize_graph(graph, PTQConfig(ignore=("features.1.*",)), load_target("arm-cpu-tflite"), x)
+    qm = quantize_graph(
+        graph, PTQConfig(ignore=("features.1.*",)), load_target("arm-cpu-tflite"), x
+    )
     assert {"features.1.conv.0.0", "features.1.conv.1"} <= set(qm.meta["plan"]["float_nodes"])
     assert "features.1.conv.1" not in qm.weights
     with pytest.raises(UserError, match="match no layer"):
@@ -98,12 +100,15 @@ def test_observers_order() -> None:
         assert lo <= 0 <= hi and hi < hi_mm, method  # outlier clipped
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.zeros(0, 1, 28, 28), "empty"),
-    (torch.full((2, 1, 28, 28), float("nan")), "NaN or Inf"),
-    (torch.zeros(2, 3, 28, 28), r"expects \[N, 1, 28, 28\]"),
-    (torch.zeros(2, 1, 32, 32), "channels and image size"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(0, 1, 28, 28), "empty"),
+        (torch.full((2, 1, 28, 28), float("nan")), "NaN or Inf"),
+        (torch.zeros(2, 3, 28, 28), r"expects \[N, 1, 28, 28\]"),
+        (torch.zeros(2, 1, 32, 32), "channels and image size"),
+    ],
+)
 def test_bad_calibration_data(mnv2, bad, match) -> None:
     graph, _ = mnv2
     with pytest.raises(UserError, match=match):

@@ -9,8 +9,15 @@ from hypothesis import strategies as st
 from edgeres.qtypes import QParams, QSpec
 from edgeres.quant.primitives import qparams_from_range, weight_qparams
 
-specs = st.sampled_from([QSpec(8, True), QSpec(8, False), QSpec(16, True, True),
-                         QSpec(4, True, True, narrow_range=True), QSpec(8, True, True)])
+specs = st.sampled_from(
+    [
+        QSpec(8, True),
+        QSpec(8, False),
+        QSpec(16, True, True),
+        QSpec(4, True, True, narrow_range=True),
+        QSpec(8, True, True),
+    ]
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -38,8 +45,11 @@ def test_fake_quant_is_idempotent_and_zero_is_exact(spec: QSpec, lo: float, hi: 
 
 
 @settings(max_examples=30, deadline=None)
-@given(bits=st.sampled_from([2, 3, 4, 6, 8]), method=st.sampled_from(["minmax", "mse"]),
-       seed=st.integers(0, 50))
+@given(
+    bits=st.sampled_from([2, 3, 4, 6, 8]),
+    method=st.sampled_from(["minmax", "mse"]),
+    seed=st.integers(0, 50),
+)
 def test_weight_codes_fit_the_spec(bits: int, method: str, seed: int) -> None:
     spec = QSpec(bits, True, True, 0, narrow_range=True)
     w = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(seed))
@@ -52,8 +62,10 @@ def test_weight_codes_fit_the_spec(bits: int, method: str, seed: int) -> None:
 def test_mse_never_worse_than_minmax_at_4_bits() -> None:
     spec = QSpec(4, True, True, 0, narrow_range=True)
     w = torch.randn(32, 64) * torch.linspace(0.1, 3, 64)  # heavy-tailed rows
-    err = {m: float((weight_qparams(w, spec, m).fake_quantize(w) - w).pow(2).sum())
-           for m in ("minmax", "mse")}
+    err = {
+        m: float((weight_qparams(w, spec, m).fake_quantize(w) - w).pow(2).sum())
+        for m in ("minmax", "mse")
+    }
     assert err["mse"] <= err["minmax"]
 
 

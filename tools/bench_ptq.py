@@ -11,7 +11,6 @@ integer simulation (QModel.simulate); `litert` / `ort` columns run the exported 
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,8 +22,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchlib import (  # noqa: E402
-    EvalSet, agreement, batched_logits, console, fmnist_calib, fmnist_test, imagenet_sets,
-    machine, print_table, sqnr, top1, write_json,
+    EvalSet,
+    agreement,
+    batched_logits,
+    console,
+    fmnist_calib,
+    fmnist_test,
+    imagenet_sets,
+    machine,
+    print_table,
+    sqnr,
+    top1,
+    write_json,
 )
 
 from edgeres.config import PTQConfig  # noqa: E402
@@ -38,8 +47,9 @@ class _Reader:
     """ORT CalibrationDataReader over a float NCHW tensor."""
 
     def __init__(self, x: torch.Tensor, name: str, batch: int = 32) -> None:
-        self.items = [{name: x[i : i + batch].numpy().astype(np.float32)}
-                      for i in range(0, len(x), batch)]
+        self.items = [
+            {name: x[i : i + batch].numpy().astype(np.float32)} for i in range(0, len(x), batch)
+        ]
 
     def get_next(self):  # noqa: ANN201 - ORT protocol
         return self.items.pop(0) if self.items else None
@@ -48,7 +58,10 @@ class _Reader:
 def ort_static(graph, calib: torch.Tensor, x: torch.Tensor, method: str) -> torch.Tensor:  # noqa: ANN001
     """ORT quantize_static (QDQ, per-channel int8 weights, uint8 activations) on float.onnx."""
     from onnxruntime.quantization import (
-        CalibrationMethod, QuantFormat, QuantType, quantize_static,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )
 
     from edgeres.export.onnx import export_onnx
@@ -57,12 +70,19 @@ def ort_static(graph, calib: torch.Tensor, x: torch.Tensor, method: str) -> torc
     with tempfile.TemporaryDirectory() as tmp:
         fp, qp = Path(tmp) / "float.onnx", Path(tmp) / "ort_int8.onnx"
         export_onnx(graph, fp)
-        quantize_static(str(fp), str(qp), _Reader(calib, graph.inputs[0].name),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method))
-        return batched_logits(lambda b: torch.from_numpy(run_onnx(qp, [b.numpy().astype(
-            np.float32)])[0]), x)
+        quantize_static(
+            str(fp),
+            str(qp),
+            _Reader(calib, graph.inputs[0].name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+        )
+        return batched_logits(
+            lambda b: torch.from_numpy(run_onnx(qp, [b.numpy().astype(np.float32)])[0]), x
+        )
 
 
 def edgeres_onnx(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -72,8 +92,9 @@ def edgeres_onnx(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "m.onnx"
         export_onnx(qm, p)
-        return batched_logits(lambda b: torch.from_numpy(run_onnx(p, [b.numpy().astype(
-            np.float32)])[0]), x)
+        return batched_logits(
+            lambda b: torch.from_numpy(run_onnx(p, [b.numpy().astype(np.float32)])[0]), x
+        )
 
 
 def edgeres_litert(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -83,32 +104,46 @@ def edgeres_litert(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "m.tflite"
         export_tflite(qm, p, "float32")
-        return batched_logits(lambda b: torch.from_numpy(run_tflite(
-            p, [b.permute(0, 2, 3, 1).numpy().astype(np.float32)], kernels="xnnpack")[0]), x)
+        return batched_logits(
+            lambda b: torch.from_numpy(
+                run_tflite(
+                    p, [b.permute(0, 2, 3, 1).numpy().astype(np.float32)], kernels="xnnpack"
+                )[0]
+            ),
+            x,
+        )
 
 
 def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool) -> list[dict]:  # noqa: ANN001
-    ref = {s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x)
-           for s in sets}
+    ref = {
+        s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x) for s in sets
+    }
     rows = []
 
     def add(label: str, logits_by_set: dict[str, torch.Tensor], **extra) -> None:  # noqa: ANN003
         for s in sets:
             lg = logits_by_set[s.name]
-            row = {"model": model, "method": label, "data": s.name,
-                   "agree": agreement(ref[s.name], lg), "sqnr_db": sqnr(ref[s.name], lg)}
+            row = {
+                "model": model,
+                "method": label,
+                "data": s.name,
+                "agree": agreement(ref[s.name], lg),
+                "sqnr_db": sqnr(ref[s.name], lg),
+            }
             if s.y is not None:
                 row["top1"] = top1(lg, s.y)
             rows.append({**row, **extra})
 
     add("float", ref)
-    for target, label in (("arm-cpu-tflite", "edgeres int8 per-channel"),
-                          ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)"),
-                          ("arm-cpu-onnx", "edgeres uint8/int8 QDQ (ORT target)")):
+    for target, label in (
+        ("arm-cpu-tflite", "edgeres int8 per-channel"),
+        ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)"),
+        ("arm-cpu-onnx", "edgeres uint8/int8 QDQ (ORT target)"),
+    ):
         t0 = time.perf_counter()
         qm = quantize_graph(graph, PTQConfig(), load_target(target), calib)
         secs = time.perf_counter() - t0
-        sim = {s.name: batched_logits(lambda b: qm.simulate(b)["logits"], s.x) for s in sets}
+        sim = {s.name: batched_logits(lambda b, qm=qm: qm.simulate(b)["logits"], s.x) for s in sets}
         add(label + " [sim]", sim, quantize_s=round(secs, 2))
         if with_files and target == "arm-cpu-tflite":
             add(label + " [LiteRT XNNPACK]", {s.name: edgeres_litert(qm, s.x) for s in sets})
@@ -116,8 +151,10 @@ def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool) ->
             add(label + " [ORT]", {s.name: edgeres_onnx(qm, s.x) for s in sets})
     for method in ("MinMax", "Percentile", "Entropy"):
         try:
-            add(f"ORT quantize_static {method} [ORT]",
-                {s.name: ort_static(graph, calib, s.x, method) for s in sets})
+            add(
+                f"ORT quantize_static {method} [ORT]",
+                {s.name: ort_static(graph, calib, s.x, method) for s in sets},
+            )
         except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash
             console.print(f"ORT {method} failed: {exc}")
     return rows
@@ -172,14 +209,20 @@ print(json.dumps({"seconds": secs, "peak_rss_mb": peak / 1024, "rss_before_mb": 
 
 def part_timing(args: argparse.Namespace) -> list[dict]:
     """PTQ of MobileNetV2-1.0 with 128 photos in a fresh process: seconds and peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", TIMING_SNIPPET], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", TIMING_SNIPPET], capture_output=True, text=True, check=True
+    )
     import json
 
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    del resource
-    return [{"model": "mobilenet_v2_100", "method": "edgeres PTQ, 128 calibration images",
-             "data": "photos@128", **{k: round(v, 2) for k, v in res.items()}}]
+    return [
+        {
+            "model": "mobilenet_v2_100",
+            "method": "edgeres PTQ, 128 calibration images",
+            "data": "photos@128",
+            **{k: round(v, 2) for k, v in res.items()},
+        }
+    ]
 
 
 def main() -> None:
@@ -190,14 +233,27 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true", help="skip running exported files")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](args)
-    cols = sorted({k for r in rows for k in r}, key=lambda c: ["model", "method", "data", "top1",
-                  "agree", "sqnr_db"].index(c) if c in ("model", "method", "data", "top1",
-                  "agree", "sqnr_db") else 9)
+    rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](
+        args
+    )
+    cols = sorted(
+        {k for r in rows for k in r},
+        key=lambda c: (
+            ["model", "method", "data", "top1", "agree", "sqnr_db"].index(c)
+            if c in ("model", "method", "data", "top1", "agree", "sqnr_db")
+            else 9
+        ),
+    )
     print_table(f"PTQ benchmark: {args.part}", rows, cols)
-    write_json(args.out or Path(f"runs/bench_ptq_{args.part}.json"),
-               {"part": args.part, "machine": machine(), "rows": rows,
-                "command": "python tools/bench_ptq.py " + " ".join(sys.argv[1:])})
+    write_json(
+        args.out or Path(f"runs/bench_ptq_{args.part}.json"),
+        {
+            "part": args.part,
+            "machine": machine(),
+            "rows": rows,
+            "command": "python tools/bench_ptq.py " + " ".join(sys.argv[1:]),
+        },
+    )
 
 
 if __name__ == "__main__":

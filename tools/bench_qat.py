@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -85,6 +86,7 @@ def run_scheme(name: str, model: str, train: DataSet, test: DataSet, args: argpa
     torch.manual_seed(args.seed)  # the same random init in every row of a --weights none run
     net = create_model(model, pretrained=args.weights)
     out = args.work / f"{model}-{name}{'-rex' if rex else ''}"
+    shutil.rmtree(out, ignore_errors=True)  # scratch: every benchmark row trains afresh
     res = run_qat(net, load_target(target), cfg, train, test, out, progress=not args.quiet,
                   rex=RExConfig(order=2, sparsity=0.5) if rex else None)
     row = {"scheme": name + (" + REx2" if rex else ""), "target": target,

@@ -23,23 +23,44 @@ from edgeres.convert import ConvertOptions, convert  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
 from edgeres.targets import target_names  # noqa: E402
 
-EVAL = {"mobilenet_v2_fmnist": "fmnist:test", "mobilenet_v2_100": "imagenet-samples",
-        "emo_1m_fmnist": "fmnist:test"}
-CALIB = {"mobilenet_v2_fmnist": "fmnist:train@512", "mobilenet_v2_100": "photos@128",
-         "emo_1m_fmnist": "fmnist:train@512"}
+EVAL = {
+    "mobilenet_v2_fmnist": "fmnist:test",
+    "mobilenet_v2_100": "imagenet-samples",
+    "emo_1m_fmnist": "fmnist:test",
+}
+CALIB = {
+    "mobilenet_v2_fmnist": "fmnist:train@512",
+    "mobilenet_v2_100": "photos@128",
+    "emo_1m_fmnist": "fmnist:train@512",
+}
 
 
 def row_for(model: str, target: str, out_root: Path, limit: int | None) -> dict:
     spec = EVAL[model] + (f"@{limit}" if limit else "")
     t0 = time.perf_counter()
-    res = convert(ConvertOptions(model, target, calib=CALIB[model], eval=spec,
-                                 out=out_root / f"{model}-{target}", threads=(1, 2)),
-                  progress=False)
+    res = convert(
+        ConvertOptions(
+            model,
+            target,
+            calib=CALIB[model],
+            eval=spec,
+            out=out_root / f"{model}-{target}",
+            threads=(1, 2),
+        ),
+        progress=False,
+    )
     m, b = res.manifest, res.bench or {}
-    row = {"model": model, "target": target, "eval": spec,
-           "float_top1": m["metrics"].get("float_top1"), "quant_top1": m["metrics"].get("quant_top1"),
-           "agree": m["metrics"]["top1_agreement"], "size_kb": m["size_bytes"] / 1024,
-           "convert_s": round(time.perf_counter() - t0, 1), "runtime": b.get("runtime")}
+    row = {
+        "model": model,
+        "target": target,
+        "eval": spec,
+        "float_top1": m["metrics"].get("float_top1"),
+        "quant_top1": m["metrics"].get("quant_top1"),
+        "agree": m["metrics"]["top1_agreement"],
+        "size_kb": m["size_bytes"] / 1024,
+        "convert_s": round(time.perf_counter() - t0, 1),
+        "runtime": b.get("runtime"),
+    }
     lat = {x["threads"]: x for x in b.get("latency", [])}
     if 1 in lat:
         row["lat1_ms"] = lat[1]["median_ms"]
@@ -53,8 +74,9 @@ def row_for(model: str, target: str, out_root: Path, limit: int | None) -> dict:
         row["memory"] = f"arena {b['arena_bytes'] / 1024:.0f} KiB (TFLM)"
     elif 1 in lat and lat[1].get("peak_rss_delta_bytes"):
         row["memory"] = f"peak +{lat[1]['peak_rss_delta_bytes'] / 2**20:.1f} MiB"
-    row["budget"] = "; ".join(("PASS " if c["passed"] else "FAIL ") + c["what"]
-                              for c in b.get("budget", []))
+    row["budget"] = "; ".join(
+        ("PASS " if c["passed"] else "FAIL ") + c["what"] for c in b.get("budget", [])
+    )
     return row
 
 
@@ -73,11 +95,28 @@ def main() -> None:
                 rows.append(row_for(model, target, Path("runs/bundles"), args.limit))
             except UserError as exc:  # a target that cannot take the model is a finding
                 rows.append({"model": model, "target": target, "error": str(exc)})
-    cols = ["model", "target", "float_top1", "quant_top1", "agree", "size_kb", "lat1_ms",
-            "lat2_ms", "memory", "budget", "error"]
+    cols = [
+        "model",
+        "target",
+        "float_top1",
+        "quant_top1",
+        "agree",
+        "size_kb",
+        "lat1_ms",
+        "lat2_ms",
+        "memory",
+        "budget",
+        "error",
+    ]
     print_table("edgeres bundles per target", rows, cols)
-    write_json(args.out, {"machine": machine(), "rows": rows,
-                          "command": "python tools/bench_targets.py " + " ".join(sys.argv[1:])})
+    write_json(
+        args.out,
+        {
+            "machine": machine(),
+            "rows": rows,
+            "command": "python tools/bench_targets.py " + " ".join(sys.argv[1:]),
+        },
+    )
 
 
 if __name__ == "__main__":

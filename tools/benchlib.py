@@ -56,13 +56,19 @@ def imagenet_sets() -> tuple[EvalSet, EvalSet, torch.Tensor]:
     x20 = torch.cat([IMAGENET(i) for i in imgs])
     xa, ya = imagenet_agreement_set(IMAGENET)
     calib = photo_calibration_set(IMAGENET, n=128, seed=0)
-    return (EvalSet("imagenet 20", x20, torch.as_tensor(labels)),
-            EvalSet(f"imagenet crops ({len(xa)})", xa, torch.as_tensor(ya)), calib)
+    return (
+        EvalSet("imagenet 20", x20, torch.as_tensor(labels)),
+        EvalSet(f"imagenet crops ({len(xa)})", xa, torch.as_tensor(ya)),
+        calib,
+    )
 
 
-def batched_logits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                   batch: int = 500) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch]).detach().to(torch.float64) for i in range(0, len(x), batch)])
+def batched_logits(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 500
+) -> torch.Tensor:
+    return torch.cat(
+        [fn(x[i : i + batch]).detach().to(torch.float64) for i in range(0, len(x), batch)]
+    )
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -79,9 +85,14 @@ def sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -97,6 +108,7 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*[f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                    for c in columns])
+        t.add_row(
+            *[f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+        )
     console.print(t)

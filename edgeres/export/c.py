@@ -71,8 +71,15 @@ def export_c(
         raise UserError("export_c needs a .tflite flatbuffer (file identifier TFL3)")
     sym = _symbol(sym)
     out_dir.mkdir(parents=True, exist_ok=True)
-    header = HEADER.format(version=version, model=model, target=target, guard=f"{sym.upper()}_H",
-                           sym=sym, upper=sym.upper(), arena=max(arena_bytes, 0))
+    header = HEADER.format(
+        version=version,
+        model=model,
+        target=target,
+        guard=f"{sym.upper()}_H",
+        sym=sym,
+        upper=sym.upper(),
+        arena=max(arena_bytes, 0),
+    )
     paths = [out_dir / f"{sym}.h", out_dir / f"{sym}.c"]
     for path, text in zip(paths, (header, c_source(tflite, sym)), strict=True):
         tmp = path.with_suffix(path.suffix + ".tmp")
