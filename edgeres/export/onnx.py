@@ -19,7 +19,6 @@ import hashlib
 import os
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
@@ -29,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgeres.errors import UserError
+from edgeres.export.common import ExportInfo, FloatOp, TensorIO
 from edgeres.export.onnx_ops import SHAPE_OPS, OnnxBuilder, ParamFn, batch_is_free, emit_node
 from edgeres.graph.ir import Graph, Node
 from edgeres.qtypes import QParams
@@ -39,48 +39,6 @@ PRODUCER = "edgeres"
 BATCH_DIM = "batch"
 
 
-@dataclass(frozen=True)
-class TensorIO:
-    """A model input or output as an app sees it: what to feed, how to (de)quantize it.
-
-    ``shape[0]`` is -1 when the batch dimension is dynamic.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    layout: str  # "NCHW" for images, "ND" (the IR's own order) otherwise
-    scale: float | None = None
-    zero_point: int | None = None
-
-
-@dataclass(frozen=True)
-class FloatOp:
-    """An IR node that computes in float32 inside the QDQ model, and why."""
-
-    node: str
-    op: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ExportInfo:
-    """What was written: op counts (ONNX op types in the file), size, opset, float islands."""
-
-    path: Path
-    io_dtype: str
-    ops: dict[str, int]
-    size_bytes: int
-    sha256: str
-    opset: int
-    inputs: list[TensorIO] = field(default_factory=list)
-    outputs: list[TensorIO] = field(default_factory=list)
-    float_ops: list[FloatOp] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 def _act_dtype(t: str, qp: QParams, opset: int) -> np.dtype:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +28,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from edgeres.errors import UserError
+from edgeres.export.common import ExportInfo, FloatOp, TensorIO
 from edgeres.export.tflite_builder import ModelBuilder, op_name, type_name
 from edgeres.export.tflite_ops import LOWERINGS, float_reason
 from edgeres.export.tflite_values import F, Q, Values, io_layout
@@ -37,45 +37,6 @@ from edgeres.quant.qmodel import QModel
 IODtype = Literal["int8", "float32"]
 
 
-@dataclass(frozen=True)
-class TensorIO:
-    """A model input or output as an app sees it: what to feed, how to (de)quantize it."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    layout: str  # "NHWC" for images, "ND" (the IR's own order) otherwise
-    scale: float | None = None
-    zero_point: int | None = None
-
-
-@dataclass(frozen=True)
-class FloatOp:
-    """A node that runs in float32 inside the int8 model, and why."""
-
-    node: str
-    op: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ExportInfo:
-    """What was written: op counts, sizes, I/O quantization and the float islands."""
-
-    path: Path
-    io_dtype: str
-    ops: dict[str, int]
-    tensors: int
-    size_bytes: int
-    sha256: str
-    inputs: list[TensorIO] = field(default_factory=list)
-    outputs: list[TensorIO] = field(default_factory=list)
-    float_ops: list[FloatOp] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 def _check_qparams(qmodel: QModel) -> None:
