@@ -41,7 +41,7 @@ from edgeres.quant.plan import Decision, is_depthwise, make_plan
 from edgeres.quant.primitives import qparams_from_range
 from edgeres.quant.ptq import _weight_shift, check_calibration_data, quantize_graph
 from edgeres.quant.qmodel import QModel, QuantWeight
-from edgeres.quant.rex import RExTerm, check_bits, reconstruct, term_spec
+from edgeres.quant.rex import RExTerm, check_bits, expand_weight, reconstruct, term_spec
 from edgeres.quant.rex_budget import (
     SPARSITY_GRID,
     LayerChoice,
@@ -49,11 +49,13 @@ from edgeres.quant.rex_budget import (
     Option,
     Unit,
     UnitEvaluator,
+    calibrate_levels,
     check_budget,
     finalize,
     greedy,
     layer_gains,
     layer_stats,
+    measure_layer_noise,
     uniform,
 )
 from edgeres.targets import Target
@@ -372,6 +374,22 @@ def _weight_bytes(graph: Graph) -> int:
     )
 
 
+def _bytes_cap(cfg: RExConfig, target: Target, plain_bytes: int) -> float | None:
+    """Extra weight bytes allowed: ``budget_bytes`` and the target's model_bytes room."""
+    cap = None if cfg.budget_bytes is None else float(cfg.budget_bytes)
+    room = target.memory.model_bytes
+    if room is None:
+        return cap
+    if plain_bytes > room:
+        raise UserError(
+            f"REx: the plain model already stores {plain_bytes} B of weights, more than "
+            f"{target.name}'s model budget of {room} B; no expansion can fit"
+        )
+    if cap is None and cfg.budget_macs is None:
+        return None  # uniform expansion: checked against the room once built
+    return min(cap, room - plain_bytes) if cap is not None else float(room - plain_bytes)
+
+
 def _units(graph: Graph, eligible: list[Node], regions: dict[str, Region],
            infos: dict[str, LayerInfo], max_order: int) -> list[Unit]:
     """One unit per split region, one per other layer. A split region pays one more int32
@@ -416,6 +434,7 @@ def quantize_rex(model_or_graph: nn.Module | Graph, cfg: RExConfig, target: Targ
     stats = layer_stats(graph, eligible, calib, ptq.calib_batch)
     stats_seconds = time.perf_counter() - started
     t0 = time.perf_counter()
+    method = ptq.weight_observer
     gains = layer_gains(graph, eligible, calib)
     infos = {
         n.name: LayerInfo(n.name, n.params["weight"], n.attrs.get("groups", 1), specs[n.name],
@@ -424,30 +443,31 @@ def quantize_rex(model_or_graph: nn.Module | Graph, cfg: RExConfig, target: Targ
                           gains[n.name], stats[n.name].round_var(ptq.act_bits))
         for n in eligible
     }
+    firsts = {n.name: expand_weight(n.params["weight"], specs[n.name], 1, method=method)[0]
+              for n in eligible}
+    means = {n: (s.in_mean if ptq.bias_correction else None) for n, s in stats.items()}
+    base_macs, plain_bytes = graph_macs(graph), _weight_bytes(graph)
+    max_macs = None if cfg.budget_macs is None else cfg.budget_macs * base_macs
+    max_bytes = _bytes_cap(cfg, target, plain_bytes)
+    budgeted = max_macs is not None or max_bytes is not None
+    measure_seconds = 0.0
+    if budgeted:  # the search compares layers: calibrate each layer's noise level first
+        t1 = time.perf_counter()
+        k1 = {n.name: {"weight": firsts[n.name].dequantized(),
+                       "bias": _bias_for(n, [firsts[n.name]], means[n.name])} for n in eligible}
+        infos = calibrate_levels(infos, firsts, measure_layer_noise(graph, k1, calib))
+        measure_seconds = time.perf_counter() - t1
     regions = find_regions(graph, set(infos))
     units = _units(graph, eligible, regions, infos, cfg.order)
-    method = ptq.weight_observer
-    evals = [UnitEvaluator(u, cfg.order, method) for u in units]
-    base_macs, plain_bytes = graph_macs(graph), _weight_bytes(graph)
-    max_bytes = None if cfg.budget_bytes is None else float(cfg.budget_bytes)
-    room = target.memory.model_bytes
-    if room is not None:
-        if plain_bytes > room:
-            raise UserError(
-                f"REx: the plain model already stores {plain_bytes} B of weights, more than "
-                f"{target.name}'s model budget of {room} B; no expansion can fit"
-            )
-        max_bytes = min(max_bytes, room - plain_bytes) if max_bytes is not None else (
-            room - plain_bytes if cfg.budget_macs is not None else None)
-    budgeted = cfg.budget_macs is not None or max_bytes is not None
+    evals = [UnitEvaluator(u, cfg.order, method, firsts) for u in units]
     if budgeted:
-        max_macs = None if cfg.budget_macs is None else cfg.budget_macs * base_macs
         grid = (*SPARSITY_GRID, cfg.sparsity)
         picked = greedy([e.all_options(grid) for e in evals], max_macs, max_bytes)
     else:
         picked = uniform(evals, cfg.order, cfg.sparsity)
     choices = finalize(evals, picked)
     extra_bytes = sum(o.extra_bytes for o in picked)
+    room = target.memory.model_bytes
     if room is not None and extra_bytes > room - plain_bytes:
         raise UserError(
             f"REx order {cfg.order} needs {plain_bytes + extra_bytes} B of weights; "
@@ -455,10 +475,9 @@ def quantize_rex(model_or_graph: nn.Module | Graph, cfg: RExConfig, target: Targ
             "edgeres choose which layers to expand, or lower the order"
         )
     by_name = {n.name: n for n in graph.nodes}
-    means = {n: (s.in_mean if ptq.bias_correction else None) for n, s in stats.items()}
     biases = {n: _bias_for(by_name[n], c.terms, means[n]) for n, c in choices.items()}
     expanded = expand_graph(graph, choices, regions, biases)
-    expand_seconds = time.perf_counter() - t0
+    expand_seconds = time.perf_counter() - t0 - measure_seconds
     qm = quantize_graph(expanded.graph, ptq, target, calib, progress,
                         weight_overrides=expanded.overrides)
     narrowed = tighten_sums(qm, expanded.sums)
@@ -467,7 +486,8 @@ def quantize_rex(model_or_graph: nn.Module | Graph, cfg: RExConfig, target: Targ
                        graph_macs(expanded.graph) - base_macs,
                        _weight_bytes(expanded.graph) - plain_bytes, budgeted)
     summary.update(expand_seconds=round(expand_seconds, 3), narrowed_tensors=narrowed,
-                   stats_seconds=round(stats_seconds, 3))
+                   stats_seconds=round(stats_seconds, 3),
+                   measure_seconds=round(measure_seconds, 3))
     qm.meta.update(scheme="rex", rex=summary, config=cfg.to_json(),
                    quantize_seconds=round(time.perf_counter() - started, 3))
     report = qm.plan.report  # type: ignore[attr-defined]

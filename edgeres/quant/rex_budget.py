@@ -26,7 +26,7 @@ still fits.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -52,11 +52,13 @@ class LayerInfo:
     moments: PatchMoments | None = None  # input patch statistics; None = data-free
     gain: Tensor | None = None  # per output channel: output noise per unit noise here
     round_var: float = 0.0  # noise power of one more rounding on the output's int8 grid
+    weight_scale: float = 1.0  # measured / predicted output noise of this layer's K = 1
 
     def noise(self, dw: Tensor) -> Tensor:
         """Per output channel, the output noise that a weight error ``dw`` causes."""
         n = channel_noise(dw, self.groups) if self.moments is None else self.moments.noise(dw)
-        return n if self.gain is None else n * self.gain
+        n = n if self.gain is None else n * self.gain
+        return n * self.weight_scale
 
     def round_noise(self, rows: np.ndarray | None = None) -> float:
         """Output noise of one more rounding of this layer's output (``rows`` only)."""
@@ -118,13 +120,15 @@ def _prefix_errors(info: LayerInfo, terms: list[RExTerm]) -> list[float]:
 class UnitEvaluator:
     """Cost and error of any (orders, gamma) choice of one unit, with expansions cached."""
 
-    def __init__(self, unit: Unit, max_order: int, method: str) -> None:
+    def __init__(self, unit: Unit, max_order: int, method: str,
+                 firsts: dict[str, RExTerm] | None = None) -> None:
         self.unit, self.max_order, self.method = unit, max_order, method
         self._cache: dict[tuple, tuple[list[RExTerm], list[float]]] = {}
         self._first: dict[str, RExTerm] = {}
         self._score = torch.zeros(unit.layers[0].weight.shape[0], dtype=torch.float64)
         for li in unit.layers:
-            first = expand_weight(li.weight, li.spec, 1, method=method)[0]
+            first = (firsts or {}).get(li.name) or expand_weight(li.weight, li.spec, 1,
+                                                                 method=method)[0]
             self._first[li.name] = first
             self._score += li.noise(li.weight.detach().to(torch.float64) - first.dequantized())
 
@@ -367,6 +371,42 @@ def layer_stats(graph: Graph, layers: list[Node], calib: Tensor,
     return out
 
 
+def measure_layer_noise(graph: Graph, overrides: dict[str, dict[str, Tensor]], calib: Tensor,
+                        max_samples: int = 64) -> dict[str, float]:
+    """Output noise (relative to the output's power) of each overridden layer alone.
+
+    Why measure: weight errors are not white noise. They are linear in the input, so they
+    point along the signal, which the network propagates far more than a random direction;
+    the analytic proxy gets a layer's shape of error right but can miss its level severalfold
+    (MobileNetV2's stem and first depthwise conv carry most of its per-tensor weight noise).
+    One forward pass per layer on a few calibration samples calibrates each layer's level.
+    """
+    per_sample = max(1, calib[0].numel())
+    n = max(8, min(max_samples, 4_000_000 // per_sample))
+    x = calib[:n]
+    ref = run_graph(graph, x, dtype=torch.float32)
+    power = sum(float((y.double() ** 2).sum()) for y in ref.values())
+    out = {}
+    for name, p in overrides.items():
+        y = run_graph(graph, x, params={name: p}, dtype=torch.float32)
+        err = sum(float(((y[k].double() - ref[k].double()) ** 2).sum()) for k in ref)
+        out[name] = err / max(power, 1e-30)
+    return out
+
+
+def calibrate_levels(infos: dict[str, LayerInfo], firsts: dict[str, RExTerm],
+                     measured: dict[str, float]) -> dict[str, LayerInfo]:
+    """Scale each layer's weight-noise proxy so that its K = 1 value is the measured one."""
+    out = dict(infos)
+    for name, m in measured.items():
+        li = infos[name]
+        predicted = float(li.noise(li.weight.detach().to(torch.float64)
+                                   - firsts[name].dequantized()).sum())
+        if predicted > 1e-30 and m > 0:
+            out[name] = replace(li, weight_scale=li.weight_scale * m / predicted)
+    return out
+
+
 def _preactivation_copy(graph: Graph, layers: list[Node]) -> tuple[Graph, dict[str, str]]:
     """A copy where each layer's fused activation is a node of its own, so the layer's
     pre-activation output (where weight noise enters) is a tensor; layer -> that tensor."""
@@ -426,6 +466,8 @@ def layer_gains(graph: Graph, layers: list[Node], calib: Tensor,
 __all__ = [
     "SPARSITY_GRID",
     "LayerStats",
+    "calibrate_levels",
+    "measure_layer_noise",
     "PatchMoments",
     "layer_gains",
     "layer_stats",
