@@ -18,6 +18,7 @@ per-epoch validation set (no model selection uses it: the last step is kept).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -122,6 +123,16 @@ def rex_only(name: str, model: str, train: DataSet, test: DataSet,
             "start_acc": acc, "wall_s": round(secs, 2)}
 
 
+def _weights_record(args: argparse.Namespace) -> dict | None:
+    """Which float weights were trained from (the shipped file may be retrained later)."""
+    if args.weights is None:
+        return None
+    e = get_entry(args.model)
+    path = e.weights[args.weights]() if args.weights in e.weights else Path(args.weights)
+    return {"name": str(args.weights), "path": str(path),
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet_v2_fmnist")
@@ -162,7 +173,8 @@ def main() -> None:
     bad = [r["scheme"] for r in rows if r.get("file_vs_qat", 0.0) > 0.05]
     if bad:
         console.print(f"[red]exported files differ from the brevitas model by > 0.05: {bad}")
-    write_json(args.out, {"model": args.model, "data": {"train": train.name, "test": test.name},
+    write_json(args.out, {"model": args.model, "weights": _weights_record(args),
+                          "data": {"train": train.name, "test": test.name},
                           "machine": machine(), "rows": rows,
                           "command": "python tools/bench_qat.py " + " ".join(sys.argv[1:])})
 

@@ -21,6 +21,7 @@ scales and zero points start from a PTQ QModel, so step 0 of QAT *is* the PTQ mo
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 
@@ -349,6 +350,22 @@ def qat_to_qmodel(net: QATNet, meta: dict | None = None, scheme: str = "qat") ->
     return QModel(_trained_graph(net), act, weights, scheme=scheme, meta=dict(meta or {}))
 
 
+def lsq_gradient_scale(net: QATNet) -> None:
+    """Scale the gradients of learned scales / zero points by 1/sqrt(N * qmax) (LSQ)."""
+    for name, spec in net.weight_specs.items():
+        layer = net.layers[net.node_key[name]]
+        for pname, p in layer.named_parameters():
+            if "scaling_impl" in pname:
+                g = 1.0 / math.sqrt(layer.weight.numel() / p.numel() * spec.qmax)
+                p.register_hook(lambda grad, g=g: grad * g)
+    for t, key in net.act_key.items():
+        per_sample = math.prod(net.graph.shapes[t][1:])
+        g = 1.0 / math.sqrt(per_sample * (net.specs[t].qmax - net.specs[t].qmin))
+        for p in net.acts[key].parameters():
+            if p.requires_grad:
+                p.register_hook(lambda grad, g=g: grad * g)
+
+
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy re-export
     """``from edgeres.quant.qat import run_qat, QATResult`` (they live in qat_train, which
     imports this module)."""
@@ -359,4 +376,4 @@ def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy re-export
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["QATNet", "check_qat_formats", "qat_to_qmodel"]
+__all__ = ["QATNet", "check_qat_formats", "lsq_gradient_scale", "qat_to_qmodel"]

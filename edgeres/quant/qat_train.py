@@ -33,7 +33,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -58,7 +58,7 @@ from edgeres.graph.capture import capture
 from edgeres.graph.ir import OPS, Graph
 from edgeres.quant.plan import make_plan
 from edgeres.quant.ptq import quantize_graph
-from edgeres.quant.qat import QATNet, qat_to_qmodel
+from edgeres.quant.qat import QATNet, lsq_gradient_scale, qat_to_qmodel
 from edgeres.quant.qmodel import QModel
 from edgeres.targets import Target
 
@@ -88,17 +88,9 @@ class QATResult:
     start_scheme: str = "ptq"
 
     def to_json(self) -> dict:
-        return {
-            "start_scheme": self.start_scheme,
-            "float_acc": self.float_acc,
-            "start_acc": self.start_acc,
-            "qat_acc": self.qat_acc,
-            "epochs": self.epochs,
-            "steps": self.steps,
-            "wall_s": self.wall_s,
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-            "history": self.history,
-        }
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("qmodel", "net")}
+        d["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
+        return d
 
 
 # -- distributed ----------------------------------------------------------------------------
@@ -348,22 +340,6 @@ def distill_loss(student: Tensor, teacher: Tensor, y: Tensor | None, cfg: QATCon
     if y is None or cfg.distill_alpha >= 1.0:
         return kd
     return cfg.distill_alpha * kd + (1.0 - cfg.distill_alpha) * F.cross_entropy(student, y)
-
-
-def lsq_gradient_scale(net: QATNet) -> None:
-    """Scale the gradients of learned scales / zero points by 1/sqrt(N * qmax) (LSQ)."""
-    for name, spec in net.weight_specs.items():
-        layer = net.layers[net.node_key[name]]
-        for pname, p in layer.named_parameters():
-            if "scaling_impl" in pname:
-                g = 1.0 / math.sqrt(layer.weight.numel() / p.numel() * spec.qmax)
-                p.register_hook(lambda grad, g=g: grad * g)
-    for t, key in net.act_key.items():
-        per_sample = math.prod(net.graph.shapes[t][1:])
-        g = 1.0 / math.sqrt(per_sample * (net.specs[t].qmax - net.specs[t].qmin))
-        for p in net.acts[key].parameters():
-            if p.requires_grad:
-                p.register_hook(lambda grad, g=g: grad * g)
 
 
 def cosine_lr(total: int):  # noqa: ANN201 - LambdaLR's callable
