@@ -129,7 +129,7 @@ def convert(
         str, typer.Argument(help="zoo name, checkpoint or module:factory")
     ] = "mobilenet_v2_fmnist",
     target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
-    scheme: Annotated[str, typer.Option(help="ptq | rex | qat")] = "ptq",
+    scheme: Annotated[str, typer.Option(help="ptq | rex | qat | rex+qat")] = "ptq",
     weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,
     calib: Annotated[str | None, typer.Option(help="calibration data spec")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="evaluation data spec")] = None,
@@ -148,7 +148,6 @@ def convert(
 ) -> None:
     """Quantize MODEL for TARGET, export it, check it against float, write the app bundle."""
     from edgeres.convert import ConvertOptions
-    from edgeres.convert import convert as run
 
     opts = ConvertOptions(
         model,
@@ -167,12 +166,21 @@ def convert(
         max_drop=max_drop,
         bench=bench,
     )
+    _run_convert(opts, as_json)
+
+
+def _run_convert(opts, as_json: bool) -> None:  # noqa: ANN001 - ConvertOptions
+    """Convert and print the summary; a missed accuracy floor still prints, then exits 1."""
+    from edgeres.convert import convert as run
+
     floor_error: AccuracyFloorError | None = None
     try:
         result = run(opts, progress=not as_json)
     except AccuracyFloorError as exc:
         floor_error = exc
         result = exc.result  # type: ignore[attr-defined]
+    if result is None:  # a torchrun worker rank: rank 0 writes and prints the bundle
+        return
     if as_json:
         print(json.dumps(result.summary(), sort_keys=True))
     else:
@@ -180,6 +188,53 @@ def convert(
     if floor_error is not None:
         err.print(f"edgeres: {floor_error}")
         raise typer.Exit(1)
+
+
+@app.command()
+def qat(
+    model: Annotated[
+        str, typer.Argument(help="zoo name, checkpoint or module:factory")
+    ] = "mobilenet_v2_fmnist",
+    target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
+    bits: Annotated[str, typer.Option(help="w8a8, w4a8, ...")] = "w8a8",
+    epochs: Annotated[int, typer.Option(help="epochs of the cosine schedule")] = 3,
+    steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
+    train: Annotated[str | None, typer.Option(help="labelled training data spec")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval", help="labelled val. data")] = None,
+    calib: Annotated[str | None, typer.Option(help="calibration data spec")] = None,
+    weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,
+    rex: Annotated[bool, typer.Option(help="fine-tune a REx-expanded model")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="bundle folder")] = None,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="checkpoint folder (default: <out>.qat)")
+    ] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue from this checkpoint")] = None,
+    bench: Annotated[bool, typer.Option(help="measure latency/memory")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Quantization-aware training for TARGET, then the same checked bundle as convert.
+
+    Runs data-parallel under `torchrun --nproc_per_node N -m edgeres.cli qat ...`.
+    """
+    from edgeres.convert import ConvertOptions
+
+    opts = ConvertOptions(
+        model=model,
+        target=target,
+        scheme="rex+qat" if rex else "qat",  # type: ignore[arg-type]
+        weights=weights,
+        calib=calib,
+        eval=eval_data,
+        bits=bits,
+        out=out_dir,
+        qat_steps=steps,
+        qat_epochs=epochs,
+        train=train,
+        qat_dir=checkpoints,
+        resume=resume,
+        bench=bench,
+    )
+    _run_convert(opts, as_json)
 
 
 def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult

@@ -108,7 +108,11 @@ class RExConfig(_JsonConfig):
 
 @dataclass(frozen=True)
 class QATConfig(_JsonConfig):
-    """Quantization-aware training with distillation from the float model."""
+    """Quantization-aware training with distillation from the float model.
+
+    BatchNorm is folded into the convolutions before training starts (statistics frozen from
+    step 0): QAT fine-tunes a converged float model, so there is no schedule to set.
+    """
 
     weight_bits: int = 8
     act_bits: int = 8
@@ -119,7 +123,6 @@ class QATConfig(_JsonConfig):
     batch: int = 128
     distill_temperature: float = 4.0
     distill_alpha: float = 0.7
-    freeze_bn_epoch: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:

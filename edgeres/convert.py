@@ -9,6 +9,7 @@ True
 from __future__ import annotations
 
 import io
+import os
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from edgeres.report import write_report
 from edgeres.resolve import ResolvedModel, parse_bits, resolve_model
 from edgeres.targets import Target, load_target
 
-Scheme = Literal["ptq", "rex", "qat"]
+Scheme = Literal["ptq", "rex", "qat", "rex+qat"]
 GOLDEN_SAMPLES = 8
 
 
@@ -53,6 +54,10 @@ class ConvertOptions:
     rex_sparsity: float = 0.5
     rex_budget_macs: float | None = None
     qat_steps: int | None = 200
+    qat_epochs: int = 1
+    train: str | None = None  # QAT training data spec (default: the model's labelled train set)
+    qat_dir: Path | None = None  # QAT checkpoints (default: <out>.qat next to the bundle)
+    resume: Path | None = None
     min_agreement: float | None = None
     max_drop: float | None = None
     bench: bool = True
@@ -103,47 +108,71 @@ def _quantize(
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore))
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
+    rex = RExConfig(
+        order=opts.rex_order,
+        sparsity=opts.rex_sparsity,
+        weight_bits=wbits,
+        budget_macs=opts.rex_budget_macs,
+        ptq=ptq,
+    )
     if opts.scheme == "rex":
         from edgeres.graph.rex_expand import quantize_rex
 
-        cfg = RExConfig(
-            order=opts.rex_order,
-            sparsity=opts.rex_sparsity,
-            weight_bits=wbits,
-            budget_macs=opts.rex_budget_macs,
-            ptq=ptq,
-        )
-        return quantize_rex(graph, cfg, target, calib.x, progress=progress)
-    if opts.scheme == "qat":
-        return _qat(rm, graph, target, wbits, abits, opts, progress)
-    raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex or qat)")
+        return quantize_rex(graph, rex, target, calib.x, progress=progress)
+    if opts.scheme in ("qat", "rex+qat"):
+        return _qat(rm, graph, target, opts, progress, rex if opts.scheme == "rex+qat" else None)
+    raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex, qat or rex+qat)")
 
 
 def _qat(
     rm: ResolvedModel,
-    graph,
+    graph,  # noqa: ANN001 - Graph
     target: Target,
-    wbits: int,
-    abits: int,  # noqa: ANN001
     opts: ConvertOptions,
     progress: bool,
+    rex: RExConfig | None = None,
 ) -> QModel:
-    """A short QAT run (``opts.qat_steps`` steps) on the model's labelled training data."""
-    import tempfile
-
-    from edgeres.config import QATConfig
+    """QAT on the model's labelled training data (or ``opts.train``), checkpointing every epoch
+    into ``opts.qat_dir``; runs data-parallel when started by torchrun."""
     from edgeres.quant.qat_train import run_qat
 
-    if rm.label_set != "fmnist":
+    cfg, train_spec, val_spec = qat_setup(rm, opts)
+    train = load_spec(train_spec, rm.preprocess, rm.in_chans, rm.img_size)
+    val = load_spec(val_spec, rm.preprocess, rm.in_chans, rm.img_size)
+    if val.y is None:
+        raise UserError(f"QAT validation data '{val_spec}' has no labels; pass --eval SPEC")
+    out = bundle_dir(opts, rm, target)
+    ckpt_dir = Path(opts.qat_dir) if opts.qat_dir else out.with_name(out.name + ".qat")
+    return run_qat(graph, target, cfg, train, val, ckpt_dir, resume=opts.resume,
+                   progress=progress, rex=rex).qmodel
+
+
+def qat_setup(rm: ResolvedModel, opts: ConvertOptions):  # noqa: ANN201 - (QATConfig, str, str)
+    """The QAT config and data specs, checked before any data is loaded."""
+    from edgeres.config import QATConfig
+
+    wbits, abits = parse_bits(opts.bits)
+    cfg = QATConfig(weight_bits=wbits, act_bits=abits, epochs=opts.qat_epochs,
+                    steps=opts.qat_steps)
+    train_spec = opts.train or ("fmnist:train" if rm.label_set == "fmnist" else None)
+    if train_spec is None:
         raise UserError(
-            f"--scheme qat needs a labelled training set for '{rm.name}'; use `edgeres qat` "
-            "or tools/bench_qat.py with your data, or --scheme ptq|rex"
+            f"QAT needs labelled training data for '{rm.name}': pass --train SPEC "
+            "(a folder of class sub-folders or an .npz with x and y), or use --scheme ptq|rex"
         )
-    train = load_spec("fmnist:train", rm.preprocess, rm.in_chans, rm.img_size)
-    val = load_spec("fmnist:test@1000", rm.preprocess, rm.in_chans, rm.img_size)
-    cfg = QATConfig(weight_bits=wbits, act_bits=abits, epochs=1, steps=opts.qat_steps)
-    with tempfile.TemporaryDirectory(prefix="edgeres-qat-") as tmp:
-        return run_qat(graph, target, cfg, train, val, Path(tmp), progress=progress).qmodel
+    val_spec = opts.eval or default_eval(rm)
+    for spec in (train_spec, val_spec):
+        DataSpec.parse(spec)
+    return cfg, train_spec, val_spec
+
+
+def bundle_dir(opts: ConvertOptions, rm: ResolvedModel, target: Target) -> Path:
+    return Path(opts.out) if opts.out else Path("out") / f"{rm.name}-{target.name}"
+
+
+def is_worker_rank() -> bool:
+    """True in a torchrun process other than rank 0: it trains but writes no bundle."""
+    return int(os.environ.get("RANK", "0")) != 0
 
 
 def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, dict]:  # noqa: ANN001
@@ -284,8 +313,11 @@ def _vela_extras(stage: Path, target: Target, bundle: Bundle) -> dict:
 
 def convert(
     opts: ConvertOptions, progress: bool = True, console: Console | None = None
-) -> ConvertResult:
-    """Quantize, export, check and bundle ``opts.model`` for ``opts.target``."""
+) -> ConvertResult | None:
+    """Quantize, export, check and bundle ``opts.model`` for ``opts.target``.
+
+    Returns None in torchrun ranks other than 0 (they train; rank 0 alone writes the bundle).
+    """
     console = console or Console(stderr=True, quiet=not progress)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -294,9 +326,11 @@ def convert(
     for spec in (opts.calib, opts.eval):
         if spec:
             DataSpec.parse(spec)
-    if opts.scheme not in ("ptq", "rex", "qat"):
-        raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex or qat)")
+    if opts.scheme not in ("ptq", "rex", "qat", "rex+qat"):
+        raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex, qat or rex+qat)")
     rm = resolve_model(opts.model, opts.weights)
+    if opts.scheme in ("qat", "rex+qat"):
+        qat_setup(rm, opts)
     torch.manual_seed(0)
     calib = load_spec(
         opts.calib or default_calib(rm),
@@ -319,7 +353,9 @@ def convert(
     t1 = time.perf_counter()
     qmodel = _quantize(rm, opts, target, calib, graph, progress)
     timings["quantize_s"] = time.perf_counter() - t1
-    out = Path(opts.out) if opts.out else Path("out") / f"{rm.name}-{target.name}"
+    if is_worker_rank():
+        return None
+    out = bundle_dir(opts, rm, target)
     x_eval = evalset.x.numpy().astype(np.float32)
     y_eval = evalset.y.numpy() if evalset.y is not None else None
     with staged_bundle(out) as stage:
@@ -417,7 +453,8 @@ def _check_floors(opts: ConvertOptions, metrics: dict) -> None:
 
 def options_json(opts: ConvertOptions) -> dict:
     d = asdict(opts)
-    d["out"] = str(d["out"]) if d["out"] else None
+    for key in ("out", "qat_dir", "resume"):
+        d[key] = str(d[key]) if d[key] else None
     return d
 
 

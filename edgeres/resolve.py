@@ -151,4 +151,9 @@ def parse_bits(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"w(\d+)a(\d+)", text.strip().lower())
     if not m:
         raise UserError(f"--bits must look like w8a8 or w4a8, got '{text}'")
-    return int(m.group(1)), int(m.group(2))
+    w, a = int(m.group(1)), int(m.group(2))
+    if not 2 <= w <= 8 or a not in (8, 16):
+        raise UserError(
+            f"--bits '{text}': weights take 2 to 8 bits and activations 8 or 16 (w4a8, w8a16)"
+        )
+    return w, a

@@ -10,7 +10,7 @@ Recipe, and why:
   REx (:func:`edgeres.graph.rex_expand.quantize_rex`) to fine-tune an expanded model: every
   scale, zero point and bias starts where that left it, so QAT only recovers what it lost.
 * BatchNorm is folded from the start (capture folds it): QAT trains the weights the kernels
-  run, and the ``freeze_bn_epoch`` schedule has nothing left to freeze.
+  run, with frozen statistics from the first step (no freezing schedule to tune).
 * Loss: ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE(student, label)`` with the
   float graph as teacher (Hinton et al.), which transfers the float model's dark knowledge
   instead of re-learning from labels alone.
