@@ -227,11 +227,8 @@ def test_fmnist_entry() -> None:
 def test_shipped_fmnist_weights_classify() -> None:
     from edgeres.data.fmnist import load_fmnist
 
-    try:
-        model = create_model("emo_1m_fmnist", pretrained=True)
-        x, y = load_fmnist("test")
-    except UserError as exc:
-        pytest.skip(f"needs the shipped weights and Fashion-MNIST: {exc}")
+    model = create_model("emo_1m_fmnist", pretrained=True)  # shipped: 91.68 % on all 10k
+    x, y = load_fmnist("test")
     entry = get_entry("emo_1m_fmnist")
     xs = entry.preprocess.normalize(torch.from_numpy(x[:1000].copy()).float().unsqueeze(1) / 255)
     with torch.no_grad():
