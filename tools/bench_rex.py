@@ -5,10 +5,11 @@
     python tools/bench_rex.py --part timing                  # REx expansion of MobileNetV2-1.0
 
 Parts (run any subset; each is long on a 2-core machine, hence --limit and --models):
-- rescue: mobilenet_v2_fmnist on npu-int8-per-tensor. Per-tensor PTQ, DFQ-style per-tensor,
-  REx order 2 under MAC budgets, uniform REx, and per-channel PTQ on arm-cpu-tflite; top-1 on
-  the Fashion-MNIST test set (QModel.simulate), extra MACs / bytes, LiteRT latency, and the
-  REx model's top-1 in LiteRT itself (reference kernels, the target's runtime).
+- rescue: mobilenet_v2_fmnist (or --rescue-models) on npu-int8-per-tensor. Per-tensor PTQ,
+  DFQ-style per-tensor, REx order 2 under MAC budgets, uniform REx, and per-channel PTQ on
+  arm-cpu-tflite; top-1 on the test set (QModel.simulate), extra MACs / bytes, LiteRT
+  latency, and the REx model's top-1 in LiteRT itself (reference kernels, the target's
+  runtime; Fashion-MNIST only). mobilenet_v2_100 is scored as in lowbit.
 - lowbit: W4A8 / W3A8 / W2A8 per-channel: naive PTQ, DFQ-style, REx K in {2, 3} x gamma in
   {0, .25, .5, .75}. Fashion-MNIST models: top-1 (test set), agreement and SQNR vs float;
   mobilenet_v2_100: top-1 on the 20 labelled ImageNet samples, agreement and SQNR on the
@@ -203,16 +204,21 @@ def dfq_graph(graph: Graph) -> tuple[Graph, dict]:
 
 
 def part_rescue(args: argparse.Namespace, tmp: Path) -> list[dict]:
-    name = "mobilenet_v2_fmnist"
+    return [r for name in args.rescue_models for r in rescue_model(name, args, tmp)]
+
+
+def rescue_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
     data = load_data(name, args.limit, args.calib)
     model = load_model(name, args.random_init)
     g = capture(model, data.calib[:1])
-    data.float_logits = data.float_agree = graph_logits(g, data.x, args.batch)
+    data.float_logits = graph_logits(g, data.x, args.batch)
+    data.float_agree = (data.float_logits if data.x_agree is data.x
+                        else graph_logits(g, data.x_agree, args.batch))
     rows = [{"config": "float", "bits": 32,
              **scores(data, data.float_logits, data.float_agree), **cost(g, g)}]
     npu, cpu = load_target("npu-int8-per-tensor"), load_target("arm-cpu-tflite")
     eq, eq_info = dfq_graph(g)
-    eq_float = scores(data, graph_logits(eq, data.x, args.batch), data.float_agree)
+    eq_float = evaluate(eq, data, args.batch)
     rows.append({"config": "float, ReLU6->ReLU (DFQ's model)", "bits": 32, **eq_float,
                  **cost(eq, g)})
     runs: list[tuple[str, QModel, Graph]] = [
@@ -237,7 +243,7 @@ def part_rescue(args: argparse.Namespace, tmp: Path) -> list[dict]:
         row.update(lat)
         if qm.scheme == "rex":
             row["rex_expand_s"] = qm.meta["rex"]["expand_seconds"]
-            if not args.no_litert_eval and "budget" in label:
+            if not args.no_litert_eval and "budget" in label and data.x_agree is data.x:
                 row["litert_ref"] = litert_top1(qm, path, data)
         rows.append(row)
         console.print(row)
@@ -398,32 +404,37 @@ def render(rows: list[dict]) -> Table:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy (top row) and SQNR vs float (bottom row) against extra MACs, one column per
+    model and weight bit width; squares: no expansion, circles: REx."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r.get("bits")) for r in rows if r["part"] in ("lowbit",
-                                                                                 "rescue")
-                     and r.get("bits") != 32}, key=str)
+    groups = sorted({(r["model"], r.get("bits")) for r in rows
+                     if r["part"] in ("lowbit", "rescue") and r.get("bits") not in (32, None)},
+                    key=str)
     if not groups:
         return
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, (model, bits) in zip(axes[0], groups, strict=True):
+    fig, axes = plt.subplots(2, len(groups), figsize=(5.5 * len(groups), 8), squeeze=False)
+    for col, (model, bits) in enumerate(groups):
         sel = [r for r in rows if r["model"] == model and r.get("bits") == bits]
-        metric = "top1" if all("top1" in r for r in sel) else "agreement"
-        for r in sel:
-            marker = "o" if "REx" in r["config"] else "s"
-            ax.scatter(100 * r["extra_macs"], r[metric], marker=marker)
-            ax.annotate(r["config"], (100 * r["extra_macs"], r[metric]), fontsize=6)
         ref = [r for r in rows if r["model"] == model and r["config"] == "float"]
-        if ref and metric in ref[0]:
-            ax.axhline(ref[0][metric], color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{model} w{bits or 8}")
-        ax.set_xlabel("extra MACs (%)")
-        ax.set_ylabel(metric)
+        metric = "top1" if all("top1" in r for r in sel) else "agreement"
+        for row, key in ((0, metric), (1, "sqnr_db")):
+            ax = axes[row][col]
+            for i, r in enumerate(sel):
+                marker = "o" if "REx" in r["config"] else "s"
+                ax.scatter(100 * r["extra_macs"], r[key], marker=marker, label=r["config"],
+                           color=plt.cm.tab20(i % 20))
+            if key == metric and ref and metric in ref[0]:
+                ax.axhline(ref[0][metric], color="grey", lw=0.8, ls="--", label="float")
+            ax.set_title(f"{model} w{bits}a8")
+            ax.set_xlabel("extra MACs (%)")
+            ax.set_ylabel(key)
+        axes[1][col].legend(fontsize=6, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -438,7 +449,8 @@ def write_json(path: Path, payload: dict) -> None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--part", action="append", choices=("rescue", "lowbit", "timing", "layout"))
-    p.add_argument("--models", nargs="+", default=list(LOWBIT_MODELS))
+    p.add_argument("--models", nargs="+", default=list(LOWBIT_MODELS), help="lowbit models")
+    p.add_argument("--rescue-models", nargs="+", default=["mobilenet_v2_fmnist"])
     p.add_argument("--limit", type=int, default=None, help="evaluation images (default: all)")
     p.add_argument("--calib", type=int, default=512, help="calibration images")
     p.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
@@ -451,11 +463,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-litert-eval", action="store_true")
     p.add_argument("--random-init", action="store_true", help="allow models without weights")
     p.add_argument("--out", type=Path, default=Path("runs/bench_rex.json"))
+    p.add_argument("--replot", type=Path, help="only redraw the plot of an earlier JSON")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.replot:
+        plot(json.loads(args.replot.read_text())["rows"], args.replot.with_suffix(".png"))
+        return 0
     torch.set_num_threads(args.threads)
     parts = args.part or ["rescue", "lowbit", "timing", "layout"]
     started = time.time()
