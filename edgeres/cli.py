@@ -136,6 +136,9 @@ def convert(
     bits: Annotated[str, typer.Option(help="w8a8, w4a8, w8a16, ...")] = "w8a8",
     out_dir: Annotated[Path | None, typer.Option("--out", help="bundle folder")] = None,
     ignore: Annotated[list[str] | None, typer.Option(help="layers kept in float")] = None,
+    adaround: Annotated[
+        int, typer.Option(help="learn weight rounding: AdaRound steps per layer (0: off)")
+    ] = 0,
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
     rex_budget: Annotated[
@@ -159,6 +162,7 @@ def convert(
         bits,
         out_dir,  # type: ignore[arg-type]
         tuple(ignore or ()),
+        adaround,
         rex_order,
         rex_sparsity,
         rex_budget,

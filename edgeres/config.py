@@ -46,7 +46,8 @@ class PTQConfig(_JsonConfig):
 
     ``per_channel=None`` takes the target's default; ``ignore`` lists node names (or prefixes
     ending in '*') kept in float; ``bias_correction`` removes the mean output shift that
-    weight rounding causes, measured on the calibration data.
+    weight rounding causes, measured on the calibration data; ``adaround_iters > 0`` learns
+    each weight's rounding instead (AdaRound, slower: seconds per layer).
     """
 
     weight_bits: int = 8
@@ -58,6 +59,7 @@ class PTQConfig(_JsonConfig):
     bias_correction: bool = True
     ignore: tuple[str, ...] = ()
     calib_batch: int = 32
+    adaround_iters: int = 0  # > 0: learn weight rounding (AdaRound), this many steps per layer
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
@@ -70,6 +72,8 @@ class PTQConfig(_JsonConfig):
             raise UserError(
                 f"act_observer must be minmax|percentile|mse|entropy, got '{self.act_observer}'"
             )
+        if self.adaround_iters < 0:
+            raise UserError(f"adaround_iters must be >= 0, got {self.adaround_iters}")
         if not 50.0 < self.percentile <= 100.0:
             raise UserError(f"percentile must be in (50, 100], got {self.percentile}")
 

@@ -50,6 +50,7 @@ class ConvertOptions:
     bits: str = "w8a8"
     out: Path | None = None
     ignore: tuple[str, ...] = ()
+    adaround_iters: int = 0
     rex_order: int = 2
     rex_sparsity: float = 0.5
     rex_budget_macs: float | None = None
@@ -105,7 +106,8 @@ def _quantize(
     rm: ResolvedModel, opts: ConvertOptions, target: Target, calib: DataSet, graph, progress: bool
 ) -> QModel:  # noqa: ANN001 - Graph
     wbits, abits = parse_bits(opts.bits)
-    ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore))
+    ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore),
+                    adaround_iters=opts.adaround_iters)
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     rex = RExConfig(

@@ -39,7 +39,7 @@ from edgeres.graph.ir import Graph, Node, conv_macs, graph_macs
 from edgeres.qtypes import QParams
 from edgeres.quant.plan import Decision, is_depthwise, make_plan
 from edgeres.quant.primitives import qparams_from_range
-from edgeres.quant.ptq import _weight_shift, check_calibration_data, quantize_graph
+from edgeres.quant.ptq import check_calibration_data, quantize_graph, weight_shift
 from edgeres.quant.qmodel import QModel, QuantWeight
 from edgeres.quant.rex import RExTerm, check_bits, expand_weight, reconstruct, term_spec
 from edgeres.quant.rex_budget import (
@@ -363,7 +363,7 @@ def _bias_for(node: Node, terms: list[RExTerm], mean: Tensor | None) -> Tensor:
     if mean is None:
         return bias
     dw = reconstruct(terms) - node.params["weight"].detach().to(torch.float64)
-    return bias - _weight_shift(node, dw, mean)
+    return bias - weight_shift(node, dw, mean)
 
 
 def _weight_bytes(graph: Graph) -> int:

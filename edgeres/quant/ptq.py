@@ -95,7 +95,7 @@ def activation_qparams(
     return out
 
 
-def _weight_shift(node: Node, dw: Tensor, in_mean: Tensor) -> Tensor:
+def weight_shift(node: Node, dw: Tensor, in_mean: Tensor) -> Tensor:
     """Mean output shift caused by the weight error ``dw`` for an input with channel means."""
     if node.op == "linear":
         return dw @ in_mean
@@ -129,7 +129,7 @@ def quantize_node_weights(
     bias = node.params["bias"].detach().to(torch.float64)
     if in_mean is not None:
         dq = qp.dequantize(torch.from_numpy(codes.astype(np.int64)))
-        bias = bias - _weight_shift(node, dq - w, in_mean)
+        bias = bias - weight_shift(node, dq - w, in_mean)
     bqp = bias_qparams(in_qp, qp)
     bscale = torch.from_numpy(bqp.scale.astype(np.float64))
     bias_codes = torch.round(bias / bscale).clamp(-(2**31), 2**31 - 1).to(torch.int64).numpy()
@@ -163,6 +163,14 @@ def quantize_graph(
             node, spec, act_qp[node.inputs[0]], cfg.weight_observer, mean,
             (weight_overrides or {}).get(node.name),
         )
+    if cfg.adaround_iters:
+        from edgeres.quant.adaround import adaround
+
+        means = ({n.inputs[0]: stats[n.inputs[0]].channel_mean() for n in graph.nodes
+                  if n.name in weights} if cfg.bias_correction else None)
+        weights = adaround(QModel(graph, act_qp, weights), calib, cfg.adaround_iters,
+                           skip=frozenset(weight_overrides or ()), in_means=means,
+                           progress=progress)
     meta = {
         "plan": plan.to_json(),
         "config": cfg.to_json(),
