@@ -140,6 +140,25 @@ def test_photo_set_is_deterministic():
     assert grey.shape == (4, 1, 28, 28)
 
 
+def test_photo_subset_uses_only_the_named_photos():
+    from edgeres.data.photos import colour_photo_names, load_photos, photo_calibration_set
+
+    colour = colour_photo_names()
+    photos = load_photos()
+    assert "astronaut" in colour and "camera" not in colour  # camera.png is a grey photo
+    assert all(not np.array_equal(photos[n][..., 0], photos[n][..., 1]) for n in colour)
+    everything = photo_calibration_set(IMAGENET, n=6, seed=0, size=32, only=list(photos))
+    assert torch.equal(everything, photo_calibration_set(IMAGENET, n=6, seed=0, size=32))
+    std, mean = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET.std, IMAGENET.mean))
+    rgb = photo_calibration_set(IMAGENET, n=6, seed=0, size=32, only=["camera"]) * std + mean
+    assert torch.allclose(rgb[:, 0], rgb[:, 1], atol=1e-5)
+    assert torch.allclose(rgb[:, 1], rgb[:, 2], atol=1e-5)
+    rgb = photo_calibration_set(IMAGENET, n=6, seed=0, size=32, only=colour) * std + mean
+    assert (rgb[:, 0] - rgb[:, 1]).abs().amax(dim=(1, 2)).min() > 0.01  # every view in colour
+    with pytest.raises(UserError, match="unknown photo names.*nope"):
+        photo_calibration_set(IMAGENET, n=2, only=["nope"])
+
+
 def test_photos_are_disjoint_from_the_evaluation_images():
     from edgeres.data.imagenet import load_imagenet_samples
     from edgeres.data.photos import load_photos

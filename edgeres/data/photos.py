@@ -16,6 +16,7 @@ models). ``photo_calibration_set`` turns the 21 photos into any number of determ
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,14 @@ def load_photos() -> dict[str, np.ndarray]:
     return photos
 
 
+def colour_photo_names() -> list[str]:
+    """Names of the photos that are really in colour (the others are grey repeated to RGB)."""
+    def grey(im: np.ndarray) -> bool:
+        return np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 1], im[..., 2])
+
+    return [name for name, im in load_photos().items() if not grey(im)]
+
+
 def _random_view(
     x01: torch.Tensor, size: int, rng: np.random.Generator
 ) -> torch.Tensor:
@@ -91,13 +100,15 @@ def _random_view(
 
 
 def photo_calibration_set(
-    preprocess: Preprocess, n: int = 128, seed: int = 0, size: int | None = None
+    preprocess: Preprocess, n: int = 128, seed: int = 0, size: int | None = None,
+    only: Collection[str] | None = None,
 ) -> torch.Tensor:
     """``n`` deterministic random views of the photos as the model's NCHW float input.
 
     Photos are taken round-robin in a seeded order so every photo contributes equally; each
     view is a random crop of 20-100% of the photo's area, resized to ``size`` (default: the
     preprocessing's crop, else 224) and flipped half the time. Same seed, same tensor.
+    ``only`` restricts the set to these photo names (see :func:`photo_files`).
     """
     if n < 1:
         raise UserError(f"the photo calibration set needs at least one image, got n={n}")
@@ -105,7 +116,14 @@ def photo_calibration_set(
     chans = len(preprocess.mean)
     if chans not in (1, 3):
         raise UserError(f"photos are RGB; cannot feed a model with {chans} input channels")
-    photos = list(load_photos().values())
+    named = load_photos()
+    if only is not None:
+        unknown = sorted(set(only) - set(named))
+        if unknown or not only:
+            raise UserError(f"unknown photo names {unknown or '(none given)'}; "
+                            f"choose from {', '.join(named)}")
+        named = {k: v for k, v in named.items() if k in set(only)}
+    photos = list(named.values())
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(photos))
     tensors = {}

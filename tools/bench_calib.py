@@ -1,0 +1,124 @@
+"""How much of MobileNetV2-1.0's int8 gap is the calibration data? One run, side by side.
+
+    python tools/bench_calib.py                       # every source x the default config
+    python tools/bench_calib.py --sources oracle --configs "" "act_observer='mse'" \
+        "adaround_iters=200"
+
+Calibration sources (128 inputs each, int8 per-channel on ``arm-cpu-tflite``, simulation):
+
+- ``photos``: the shipped photo set (21 photos, 11 in colour), what ``edgeres convert`` uses.
+- ``colour``: the same views drawn from the 11 colour photos only.
+- ``twofold``: ImageNet views, honestly held out: the 260 evaluation views are split by source
+  image into two folds; each fold is scored by a model calibrated on the other fold.
+- ``oracle``: 128 of the evaluation views themselves (an upper bound, not a method).
+
+Scores: top-1 on the 20 labelled samples, agreement with float and logits SQNR on those plus
+the 240 crop/flip views. ``--configs`` are ``PTQConfig`` keyword lists ("" = the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import (  # noqa: E402
+    agreement,
+    batched_logits,
+    imagenet_sets,
+    machine,
+    print_table,
+    sqnr,
+    top1,
+    write_json,
+)
+
+from edgeres.config import PTQConfig  # noqa: E402
+from edgeres.data.photos import colour_photo_names, photo_calibration_set  # noqa: E402
+from edgeres.data.preprocess import IMAGENET  # noqa: E402
+from edgeres.graph.capture import capture  # noqa: E402
+from edgeres.graph.ir import Graph, run_graph  # noqa: E402
+from edgeres.quant.ptq import quantize_graph  # noqa: E402
+from edgeres.targets import load_target  # noqa: E402
+from edgeres.zoo import create_model  # noqa: E402
+
+SOURCES = ("photos", "colour", "twofold", "oracle")
+N_CALIB = 128
+
+
+def parse_config(text: str) -> PTQConfig:
+    """'act_observer="mse", adaround_iters=200' -> PTQConfig (literals only)."""
+    import ast
+
+    call = ast.parse(f"f({text})", mode="eval").body
+    assert isinstance(call, ast.Call)
+    return PTQConfig(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
+
+
+def source_image_ids(n_images: int, n_views: int) -> torch.Tensor:
+    """Which source image each evaluation input comes from: the images themselves, then their
+    views, consecutive per image (``imagenet_agreement_set``'s order)."""
+    own = torch.arange(n_images)
+    return torch.cat([own, own.repeat_interleave(n_views // n_images)])
+
+
+def quantized_logits(graph: Graph, cfg: PTQConfig, calib: torch.Tensor, x: torch.Tensor):  # noqa: ANN201
+    qm = quantize_graph(graph, cfg, load_target("arm-cpu-tflite"), calib)
+    return batched_logits(lambda b: qm.simulate(b)[graph.outputs[0]], x, batch=20)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
+    ap.add_argument("--configs", nargs="+", default=[""], help="PTQConfig keyword lists")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_calib.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    configs = {text: parse_config(text) for text in args.configs}  # fail before any work
+
+    s20, crops, photos = imagenet_sets()
+    x = torch.cat([s20.x, crops.x])
+    graph = capture(create_model("mobilenet_v2_100", pretrained=True), photos[:1])
+    ref = batched_logits(lambda b: run_graph(graph, b)[graph.outputs[0]], x, batch=20)
+    image_id = source_image_ids(len(s20.x), len(crops.x))
+    assert len(image_id) == len(x), "agreement set layout changed"
+    rows = [{"source": "float", "config": "", "top1": top1(ref[:20], s20.y), "agreement": 100.0}]
+    for source in args.sources:
+        for text, cfg in configs.items():
+            t0 = time.perf_counter()
+            if source == "twofold":
+                out = torch.empty_like(ref)
+                for fold in (0, 1):
+                    held_out = image_id % 2 == fold
+                    calib = x[~held_out][:N_CALIB]
+                    out[held_out] = quantized_logits(graph, cfg, calib, x[held_out])
+            else:
+                if source == "photos":
+                    calib = photos
+                elif source == "colour":
+                    calib = photo_calibration_set(IMAGENET, n=N_CALIB, only=colour_photo_names())
+                else:
+                    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+                    calib = x[pick[:N_CALIB]]
+                out = quantized_logits(graph, cfg, calib, x)
+            rows.append({
+                "source": source, "config": text or "defaults",
+                "top1": top1(out[:20], s20.y), "agreement": agreement(ref, out),
+                "sqnr_db": sqnr(ref, out), "seconds": round(time.perf_counter() - t0, 1),
+            })
+            print(rows[-1], flush=True)
+    print_table(f"MobileNetV2-1.0 int8 by calibration source ({len(x)} inputs)", rows,
+                ["source", "config", "top1", "agreement", "sqnr_db", "seconds"])
+    write_json(args.out, {"command": "python tools/bench_calib.py " + " ".join(
+        sys.argv[1:] if argv is None else argv), "machine": machine(), "inputs": len(x),
+        "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
