@@ -203,7 +203,9 @@ def qat(
     bits: Annotated[str, typer.Option(help="w8a8, w4a8, ...")] = "w8a8",
     epochs: Annotated[int, typer.Option(help="epochs of the cosine schedule")] = 3,
     steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
-    train: Annotated[str | None, typer.Option(help="labelled training data spec")] = None,
+    train: Annotated[
+        str | None, typer.Option(help="training data spec (unlabelled: distillation only)")
+    ] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="labelled val. data")] = None,
     calib: Annotated[str | None, typer.Option(help="calibration data spec")] = None,
     weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,

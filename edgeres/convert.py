@@ -12,7 +12,7 @@ import io
 import os
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -135,11 +135,14 @@ def _qat(
     rex: RExConfig | None = None,
 ) -> QModel:
     """QAT on the model's labelled training data (or ``opts.train``), checkpointing every epoch
-    into ``opts.qat_dir``; runs data-parallel when started by torchrun."""
+    into ``opts.qat_dir``; runs data-parallel when started by torchrun. Unlabelled training
+    data trains by distillation from the float model alone (``distill_alpha=1``)."""
     from edgeres.quant.qat_train import run_qat
 
     cfg, train_spec, val_spec = qat_setup(rm, opts)
     train = load_spec(train_spec, rm.preprocess, rm.in_chans, rm.img_size)
+    if train.y is None:  # unlabelled images (photos, a folder without classes): the float
+        cfg = replace(cfg, distill_alpha=1.0)  # model is the only teacher
     val = load_spec(val_spec, rm.preprocess, rm.in_chans, rm.img_size)
     if val.y is None:
         raise UserError(f"QAT validation data '{val_spec}' has no labels; pass --eval SPEC")
@@ -159,8 +162,10 @@ def qat_setup(rm: ResolvedModel, opts: ConvertOptions):  # noqa: ANN201 - (QATCo
     train_spec = opts.train or ("fmnist:train" if rm.label_set == "fmnist" else None)
     if train_spec is None:
         raise UserError(
-            f"QAT needs labelled training data for '{rm.name}': pass --train SPEC "
-            "(a folder of class sub-folders or an .npz with x and y), or use --scheme ptq|rex"
+            f"QAT needs training data for '{rm.name}': pass --train SPEC (labelled: a folder "
+            "of class sub-folders or an .npz with x and y; unlabelled images such as "
+            "photos@1024 train by distillation from the float model alone), or use --scheme "
+            "ptq|rex"
         )
     val_spec = opts.eval or default_eval(rm)
     for spec in (train_spec, val_spec):

@@ -38,6 +38,20 @@ def test_worker_ranks_train_but_write_no_bundle(tmp_path, monkeypatch) -> None:
     assert not out.exists()
 
 
+def test_unlabelled_training_data_distils_from_the_float_model(tmp_path) -> None:
+    """Photos have no labels: QAT trains on the float model's soft targets alone, and the
+    bundle is still checked against float on the labelled evaluation images."""
+    opts = ConvertOptions(
+        "mobilenet_v2_fmnist", scheme="qat", qat_steps=2, train="photos@128",
+        eval="fmnist:test@100", calib="fmnist:train@32", out=tmp_path / "q",
+        qat_dir=tmp_path / "ck", bench=False,
+    )
+    result = convert(opts, progress=False)
+    assert result is not None and result.qmodel is not None
+    assert result.qmodel.meta["config"]["distill_alpha"] == 1.0
+    assert result.manifest["metrics"]["top1_agreement"] >= 90.0
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
