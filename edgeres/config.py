@@ -48,6 +48,11 @@ class PTQConfig(_JsonConfig):
     ending in '*') kept in float; ``bias_correction`` removes the mean output shift that
     weight rounding causes, measured on the calibration data; ``adaround_iters > 0`` learns
     each weight's rounding instead (AdaRound, slower: seconds per layer).
+
+    The model's outputs are never clipped: their range is the calibration min-max widened by
+    ``output_headroom``. A clipped top logit ties with its neighbours and argmax then picks
+    at random; calibration images are rarely as confident as the images a deployed model
+    sees (MobileNetV2-1.0: photo crops reach logit 23, ImageNet views 29; BENCHMARKS.md).
     """
 
     weight_bits: int = 8
@@ -60,6 +65,7 @@ class PTQConfig(_JsonConfig):
     ignore: tuple[str, ...] = ()
     calib_batch: int = 32
     adaround_iters: int = 0  # > 0: learn weight rounding (AdaRound), this many steps per layer
+    output_headroom: float = 1.5  # model outputs: min-max range x this, never clipped
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
@@ -74,6 +80,8 @@ class PTQConfig(_JsonConfig):
             )
         if self.adaround_iters < 0:
             raise UserError(f"adaround_iters must be >= 0, got {self.adaround_iters}")
+        if self.output_headroom < 1.0:
+            raise UserError(f"output_headroom must be >= 1, got {self.output_headroom}")
         if not 50.0 < self.percentile <= 100.0:
             raise UserError(f"percentile must be in (50, 100], got {self.percentile}")
 

@@ -100,6 +100,27 @@ def test_observers_order() -> None:
         assert lo <= 0 <= hi and hi < hi_mm, method  # outlier clipped
 
 
+def test_model_output_is_never_clipped(mnv2) -> None:
+    """The logits' range is min-max x headroom: no calibration input saturates an output
+    code (a clipped top logit would tie with the others), and the headroom is applied."""
+    graph, x = mnv2
+    out = graph.outputs[0]
+    ref = run_graph(graph, x)[out]
+    target = load_target("arm-cpu-tflite")
+    for headroom in (1.0, 1.5):
+        qm = quantize_graph(graph, PTQConfig(output_headroom=headroom), target, x)
+        qp = qm.act_qparams[out]
+        top = float(qp.dequantize(torch.tensor(qp.spec.qmax)))
+        bottom = float(qp.dequantize(torch.tensor(qp.spec.qmin)))
+        step = float(qp.scale)
+        assert top >= headroom * float(ref.max()) - step
+        assert bottom <= headroom * float(ref.min()) + step
+        if headroom > 1.0:  # at 1.0 the maximum itself lands on the top code
+            assert (qm.simulate(x)[out] < top).all()  # nothing saturates
+    with pytest.raises(UserError, match="output_headroom"):
+        PTQConfig(output_headroom=0.5)
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

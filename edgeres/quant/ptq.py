@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import torch
@@ -81,14 +81,20 @@ def collect_stats(
 
 
 def activation_qparams(
-    plan: QuantPlan, stats: dict[str, TensorStats], cfg: PTQConfig
+    plan: QuantPlan, stats: dict[str, TensorStats], cfg: PTQConfig,
+    outputs: Collection[str] = (),
 ) -> dict[str, QParams]:
+    """Every planned tensor's QParams; ``outputs`` (the model's) get min-max x headroom."""
     out: dict[str, QParams] = {}
     for t, spec in plan.act_specs.items():
         if t in plan.fixed:
             out[t] = plan.fixed[t]
             continue
-        lo, hi = choose_range(stats[t], cfg.act_observer, spec.qmax - spec.qmin + 1, cfg.percentile)
+        if t in outputs:
+            lo, hi = stats[t].lo * cfg.output_headroom, stats[t].hi * cfg.output_headroom
+        else:
+            lo, hi = choose_range(stats[t], cfg.act_observer, spec.qmax - spec.qmin + 1,
+                                  cfg.percentile)
         out[t] = qparams_from_range(spec, lo, hi)
     for t, src in plan.shared.items():  # in graph order, so chains resolve front to back
         out[t] = out[src]
@@ -152,7 +158,7 @@ def quantize_graph(
     started = time.perf_counter()
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
     stats = collect_stats(graph, plan, calib, cfg, progress)
-    act_qp = activation_qparams(plan, stats, cfg)
+    act_qp = activation_qparams(plan, stats, cfg, outputs=graph.outputs)
     weights: dict[str, QuantWeight] = {}
     for node in graph.nodes:
         spec = plan.weight_specs.get(node.name)
