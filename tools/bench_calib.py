@@ -43,6 +43,7 @@ from edgeres.config import PTQConfig  # noqa: E402
 from edgeres.data.photos import colour_photo_names, photo_calibration_set  # noqa: E402
 from edgeres.data.preprocess import IMAGENET  # noqa: E402
 from edgeres.data.synthetic import synthesize_inputs  # noqa: E402
+from edgeres.errors import UserError  # noqa: E402
 from edgeres.graph.capture import capture  # noqa: E402
 from edgeres.graph.ir import Graph, run_graph  # noqa: E402
 from edgeres.quant.ptq import quantize_graph  # noqa: E402
@@ -58,7 +59,8 @@ def parse_config(text: str) -> PTQConfig:
     import ast
 
     call = ast.parse(f"f({text})", mode="eval").body
-    assert isinstance(call, ast.Call)
+    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+        raise ValueError(f"'{text}' is not a keyword list")
     return PTQConfig(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
 
 
@@ -82,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_calib.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    configs = {text: parse_config(text) for text in args.configs}  # fail before any work
+    try:  # fail before any work, in one line
+        configs = {text: parse_config(text) for text in args.configs}
+    except (SyntaxError, ValueError, TypeError, UserError) as exc:
+        ap.error(f"--configs: {exc} (want PTQConfig keywords, e.g. \"act_observer='mse'\")")
 
     s20, crops, photos = imagenet_sets()
     x = torch.cat([s20.x, crops.x])
