@@ -139,6 +139,9 @@ def convert(
     adaround: Annotated[
         int, typer.Option(help="learn weight rounding: AdaRound steps per layer (0: off)")
     ] = 0,
+    smooth: Annotated[
+        float, typer.Option(help="PTQ: move activation outliers into weights, alpha (0: off)")
+    ] = 0.0,
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
     rex_budget: Annotated[
@@ -169,6 +172,7 @@ def convert(
         min_agreement=min_agreement,
         max_drop=max_drop,
         bench=bench,
+        smooth_alpha=smooth,
     )
     _run_convert(opts, as_json)
 

@@ -53,6 +53,10 @@ class PTQConfig(_JsonConfig):
     ``output_headroom``. A clipped top logit ties with its neighbours and argmax then picks
     at random; calibration images are rarely as confident as the images a deployed model
     sees (MobileNetV2-1.0: photo crops reach logit 23, ImageNet views 29; BENCHMARKS.md).
+
+    ``smooth_alpha > 0`` first rescales activation channels (and the weights around them) so
+    that one per-tensor step suits every channel (:mod:`edgeres.graph.smooth`); the float
+    function is unchanged. 0.5 is SmoothQuant's balance between activations and weights.
     """
 
     weight_bits: int = 8
@@ -66,6 +70,7 @@ class PTQConfig(_JsonConfig):
     calib_batch: int = 32
     adaround_iters: int = 0  # > 0: learn weight rounding (AdaRound), this many steps per layer
     output_headroom: float = 1.5  # model outputs: min-max range x this, never clipped
+    smooth_alpha: float = 0.0  # > 0: move activation channel outliers into weights (SmoothQuant)
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
@@ -80,6 +85,8 @@ class PTQConfig(_JsonConfig):
             )
         if self.adaround_iters < 0:
             raise UserError(f"adaround_iters must be >= 0, got {self.adaround_iters}")
+        if not 0.0 <= self.smooth_alpha < 1.0:
+            raise UserError(f"smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
         if self.output_headroom < 1.0:
             raise UserError(f"output_headroom must be >= 1, got {self.output_headroom}")
         if not 50.0 < self.percentile <= 100.0:

@@ -63,6 +63,13 @@ class ConvertOptions:
     max_drop: float | None = None
     bench: bool = True
     threads: tuple[int, ...] = (1, 2)
+    smooth_alpha: float = 0.0  # PTQ: activation smoothing (edgeres.graph.smooth), 0 = off
+
+    def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
+        if not 0.0 <= self.smooth_alpha < 1.0:
+            raise UserError(f"--smooth: smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
+        if self.smooth_alpha and self.scheme != "ptq":
+            raise UserError(f"--smooth applies to --scheme ptq only, not '{self.scheme}'")
 
 
 @dataclass
@@ -107,7 +114,7 @@ def _quantize(
 ) -> QModel:  # noqa: ANN001 - Graph
     wbits, abits = parse_bits(opts.bits)
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore),
-                    adaround_iters=opts.adaround_iters)
+                    adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha)
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     rex = RExConfig(
@@ -421,6 +428,7 @@ def convert(
                 **{k: v for k, v in extras.items() if not isinstance(v, dict)},
             },
             "plan": qmodel.meta.get("plan", {}),
+            **{k: qmodel.meta[k] for k in ("config", "smooth") if k in qmodel.meta},
             "export": info,
             "ops": manifest["ops"],
             "layer_sqnr": [

@@ -137,12 +137,27 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
         (["convert", "mobilenet_v2_fmnist", "--calib", "fmnist:valid"], "fmnist"),
         (["convert", "/no/such.pth"], "does not exist"),
         (["check", "/no/such/bundle"], "not a bundle"),
+        (["convert", "mobilenet_v2_fmnist", "--smooth", "1.5"], "smooth_alpha must be in"),
+        (["convert", "mobilenet_v2_fmnist", "--scheme", "rex", "--smooth", "0.5"],
+         "--smooth applies to --scheme ptq only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_smoothed_ptq_bundle_checks_and_says_what_it_did(weights, tmp_path, capsys) -> None:
+    out = tmp_path / "smooth"
+    argv = ["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out", str(out), "--calib",
+            "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench", "--smooth", "0.5",
+            "--min-agreement", "97", "--json"]
+    assert main(argv) == 0
+    assert main(["check", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["smooth_alpha"] == 0.5
+    assert any("add" in "".join(d["domain"]) for d in report["smooth"]["smoothed"])
 
 
 def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:

@@ -3,6 +3,7 @@
     python tools/bench_ptq.py --part fmnist            # mobilenet_v2_fmnist (+ emo_1m_fmnist)
     python tools/bench_ptq.py --part imagenet          # mobilenet_v2_100 on the ImageNet samples
     python tools/bench_ptq.py --part timing            # PTQ wall time + peak RSS, 128 images
+    python tools/bench_ptq.py --part imagenet --smooth 0.5   # + activation smoothing rows
 
 Every row of a part is measured in one run on the same data. Quantized accuracy is the
 integer simulation (QModel.simulate); `litert` / `ort` columns run the exported file.
@@ -114,7 +115,22 @@ def edgeres_litert(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         )
 
 
-def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool) -> list[dict]:  # noqa: ANN001
+def edgeres_runs(smooth: float | None) -> list[tuple[str, str, PTQConfig]]:
+    """(target, row label, config) of every edgeres row; ``smooth`` adds smoothed rows."""
+    runs = [
+        ("arm-cpu-tflite", "edgeres int8 per-channel", PTQConfig()),
+        ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)", PTQConfig()),
+        ("arm-cpu-onnx", "edgeres uint8/int8 QDQ (ORT target)", PTQConfig()),
+    ]
+    if smooth:
+        cfg = PTQConfig(smooth_alpha=smooth)
+        runs.insert(1, ("arm-cpu-tflite", f"edgeres int8 per-channel, smooth {smooth}", cfg))
+        runs.insert(3, ("npu-int8-per-tensor", f"edgeres int8 per-tensor, smooth {smooth}", cfg))
+    return runs
+
+
+def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  # noqa: ANN001
+             smooth: float | None = None) -> list[dict]:
     ref = {
         s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x) for s in sets
     }
@@ -135,13 +151,9 @@ def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool) ->
             rows.append({**row, **extra})
 
     add("float", ref)
-    for target, label in (
-        ("arm-cpu-tflite", "edgeres int8 per-channel"),
-        ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)"),
-        ("arm-cpu-onnx", "edgeres uint8/int8 QDQ (ORT target)"),
-    ):
+    for target, label, cfg in edgeres_runs(smooth):
         t0 = time.perf_counter()
-        qm = quantize_graph(graph, PTQConfig(), load_target(target), calib)
+        qm = quantize_graph(graph, cfg, load_target(target), calib)
         secs = time.perf_counter() - t0
         sim = {s.name: batched_logits(lambda b, qm=qm: qm.simulate(b)["logits"], s.x) for s in sets}
         add(label + " [sim]", sim, quantize_s=round(secs, 2))
@@ -176,7 +188,7 @@ def part_fmnist(args: argparse.Namespace) -> list[dict]:
             continue
         calib = fmnist_calib(model, 512)
         graph = capture(net, calib[:1])
-        rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True)
+        rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True, args.smooth)
     return rows
 
 
@@ -184,7 +196,7 @@ def part_imagenet(args: argparse.Namespace) -> list[dict]:
     s20, crops, calib = imagenet_sets()
     net = create_model("mobilenet_v2_100", pretrained=True)
     graph = capture(net, calib[:1])
-    return rows_for("mobilenet_v2_100", graph, calib, [s20, crops], not args.fast)
+    return rows_for("mobilenet_v2_100", graph, calib, [s20, crops], not args.fast, args.smooth)
 
 
 TIMING_SNIPPET = """
@@ -232,6 +244,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="test images (default all 10k)")
     ap.add_argument("--fast", action="store_true", help="skip running exported files")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                    help="also run edgeres with PTQConfig(smooth_alpha=ALPHA), side by side")
     args = ap.parse_args()
     rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](
         args

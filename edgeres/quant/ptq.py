@@ -156,6 +156,14 @@ def quantize_graph(
     """
     check_calibration_data(calib, graph)
     started = time.perf_counter()
+    smooth_report = None
+    if cfg.smooth_alpha > 0:
+        if weight_overrides:
+            raise UserError("smooth_alpha cannot be combined with given weights (REx terms): "
+                            "set smooth_alpha=0 for REx")
+        from edgeres.graph.smooth import smooth
+
+        graph, smooth_report = smooth(graph, calib, cfg.smooth_alpha, cfg.calib_batch)
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
     stats = collect_stats(graph, plan, calib, cfg, progress)
     act_qp = activation_qparams(plan, stats, cfg, outputs=graph.outputs)
@@ -182,6 +190,7 @@ def quantize_graph(
         "config": cfg.to_json(),
         "target": target.name,
         "calibration_samples": int(calib.shape[0]),
+        **({"smooth": smooth_report.to_json()} if smooth_report else {}),
         "quantize_seconds": round(time.perf_counter() - started, 3),
     }
     qm = QModel(graph, act_qp, weights, scheme="ptq", meta=meta)

@@ -1,0 +1,135 @@
+"""Activation smoothing: the float function is unchanged, residual streams are scaled as one
+domain, ReLU6 channels only grow within the clip, and per-tensor int8 PTQ gets better."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from qmodel_factory import GraphBuilder
+
+from edgeres import create_model
+from edgeres.config import PTQConfig
+from edgeres.errors import UserError
+from edgeres.graph.capture import capture
+from edgeres.graph.ir import Graph, run_graph
+from edgeres.graph.smooth import RELU6_MARGIN, find_domains, smooth
+from edgeres.quant.primitives import sqnr_db
+from edgeres.quant.ptq import quantize_graph
+from edgeres.targets import load_target
+
+OUTLIERS = (3, 11)  # residual-stream channels made 40x louder than the rest
+
+
+def _stream(seed: int = 0) -> Graph:
+    """stem -> [expand (ReLU6) -> depthwise (ReLU6) -> project] + skip -> head, with two loud
+    channels in the residual stream (as MobileNetV2's last stages have)."""
+    gb = GraphBuilder((2, 8, 9, 9), seed=seed)
+    s0 = gb.conv(gb.x, 16, 1)
+    e = gb.conv(s0, 32, 1, act="relu6")
+    d = gb.conv(e, 32, 3, groups=32, act="relu6")
+    p = gb.conv(d, 16, 1)
+    s1 = gb.binary("add", s0, p)
+    head = gb.conv(s1, 10, 1)
+    g = gb.build([head])
+    gain = torch.ones(16)
+    gain[list(OUTLIERS)] = 40.0
+    for name in (s0, p):
+        n = g.node(name)
+        n.params = {**n.params, "weight": n.params["weight"] * gain.reshape(-1, 1, 1, 1),
+                    "bias": n.params["bias"] * gain}
+    return g
+
+
+def _spread(graph: Graph, tensor: str, x: torch.Tensor) -> float:
+    """Widest channel range over the median channel range of ``tensor``."""
+    v = run_graph(graph, x, keep=True)[tensor]
+    r = v.abs().transpose(0, 1).reshape(v.shape[1], -1).amax(1)
+    return float(r.max() / r.median())
+
+
+def test_residual_stream_is_one_domain() -> None:
+    g = _stream()
+    domains, skipped = find_domains(g)
+    by_tensor = {t: d for d in domains for t in d.tensors}
+    stream = by_tensor["add4"]
+    assert set(stream.tensors) == {"conv2d0", "conv2d3", "add4"}
+    assert [p.name for p in stream.producers] == ["conv2d0", "conv2d3"]
+    assert sorted(r.name for r in stream.readers) == ["conv2d1", "conv2d5"]
+    assert ("conv2d5", "it is a graph output") in skipped
+
+
+def test_function_is_unchanged_and_stream_channels_even_out() -> None:
+    g = _stream()
+    calib = torch.randn(16, 8, 9, 9)
+    sm, report = smooth(g, calib, alpha=0.5)
+    x = torch.randn(4, 8, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(run_graph(sm, x)["conv2d5"], run_graph(g, x)["conv2d5"],
+                               rtol=1e-4, atol=1e-4)
+    assert _spread(g, "add4", x) > 20
+    assert _spread(sm, "add4", x) < _spread(g, "add4", x) / 4
+    stream = next(d for d in report.smoothed if "add4" in d["domain"])
+    assert stream["range_after"] < stream["range_before"]
+    assert torch.equal(g.node("conv2d0").params["weight"], _stream().node("conv2d0").params[
+        "weight"])  # the input graph is untouched
+
+
+def test_relu6_channels_only_grow_and_stay_below_the_clip() -> None:
+    g = _stream()
+    calib = torch.randn(16, 8, 9, 9)
+    sm, _ = smooth(g, calib, alpha=0.5)
+    before = run_graph(g, calib.double(), keep=True)
+    after = run_graph(sm, calib.double(), keep=True)
+    for t in ("conv2d1", "conv2d2"):  # ReLU6 outputs
+        ratio = after[t].abs().amax(dim=(0, 2, 3)) / before[t].abs().amax(dim=(0, 2, 3))
+        assert (ratio >= 1 - 1e-6).all()
+        grown = ratio > 1 + 1e-6
+        assert (after[t].abs().amax(dim=(0, 2, 3))[grown] <= 6 / RELU6_MARGIN + 1e-6).all()
+    # inputs far louder than calibration: the clip must still act exactly as before
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64) * 5
+    torch.testing.assert_close(run_graph(sm, x)["conv2d5"], run_graph(g, x)["conv2d5"],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_smoothing_makes_int8_ptq_more_accurate() -> None:
+    g = _stream()
+    gen = torch.Generator().manual_seed(0)
+    calib = torch.randn(64, 8, 9, 9, generator=gen)
+    x = torch.randn(16, 8, 9, 9, generator=gen, dtype=torch.float64)
+    ref = run_graph(g, x)["conv2d5"]
+    target = load_target("arm-cpu-tflite")
+
+    def int8_sqnr(alpha: float) -> float:
+        qm = quantize_graph(g, PTQConfig(smooth_alpha=alpha), target, calib)
+        return sqnr_db(ref, qm.simulate(x)["conv2d5"])
+
+    plain, smoothed = int8_sqnr(0.0), int8_sqnr(0.5)
+    assert smoothed > plain + 3, (plain, smoothed)  # 23.0 -> 26.9 dB when written
+
+
+def test_mobilenet_v2_function_is_unchanged() -> None:
+    """On images it was not calibrated on."""
+    from edgeres.data.specs import load_spec
+    from edgeres.zoo import get_entry
+
+    pre = get_entry("mobilenet_v2_fmnist").preprocess
+    net = create_model("mobilenet_v2_fmnist", pretrained=True).eval()
+    calib = load_spec("fmnist:train@64", pre, 1, 28).x
+    g = capture(net, calib[:1])
+    sm, report = smooth(g, calib)
+    assert any(len(d["domain"]) > 1 for d in report.smoothed)  # a residual stage was found
+    assert any("mean" in why for _, why in report.skipped)  # the pooled tensor was not
+    x = load_spec("fmnist:test@64", pre, 1, 28).x.double()
+    out = g.outputs[0]
+    # A grown ReLU6 channel clips an input 1.5x louder than any calibration image: 73 dB here,
+    # far above what int8 keeps (30 dB), but not the float-rounding 130 dB of unclipped data.
+    assert sqnr_db(run_graph(g, x)[out], run_graph(sm, x)[out]) > 60
+
+
+def test_bad_alpha_and_rex_combination_are_user_errors() -> None:
+    with pytest.raises(UserError, match="smooth_alpha"):
+        PTQConfig(smooth_alpha=1.0)
+    g = _stream()
+    qm = quantize_graph(g, PTQConfig(), load_target("arm-cpu-tflite"), torch.randn(4, 8, 9, 9))
+    with pytest.raises(UserError, match="REx"):
+        quantize_graph(g, PTQConfig(smooth_alpha=0.5), load_target("arm-cpu-tflite"),
+                       torch.randn(4, 8, 9, 9), weight_overrides={"conv2d0": qm.weights["conv2d0"]})
