@@ -61,9 +61,11 @@ def relu6_to_relu(graph: Graph) -> tuple[Graph, list[str]]:
     return g, changed
 
 
-def _is_depthwise(node: Node) -> bool:
-    w = node.params["weight"]
-    return node.op == "conv2d" and node.attrs["groups"] == w.shape[0] > 1 and w.shape[1] == 1
+def is_plain_depthwise(node: Node) -> bool:
+    """A depthwise conv with one filter per input channel (channel i in, channel i out)."""
+    w = node.params.get("weight")
+    return (node.op == "conv2d" and w is not None and node.attrs["groups"] == w.shape[0] > 1
+            and w.shape[1] == 1)
 
 
 def _pair_reason(graph: Graph, first: Node, second: Node) -> str | None:
@@ -71,7 +73,7 @@ def _pair_reason(graph: Graph, first: Node, second: Node) -> str | None:
     act = first.attrs.get("act", "none")
     if act not in HOMOGENEOUS:
         return f"activation {act} between them is not positively homogeneous"
-    if second.op == "conv2d" and second.attrs["groups"] != 1 and not _is_depthwise(second):
+    if second.op == "conv2d" and second.attrs["groups"] != 1 and not is_plain_depthwise(second):
         return "grouped convolution"
     if second.op == "linear" and len(graph.shapes[first.output]) != 2:
         return "linear over a non-channel axis"
@@ -104,7 +106,7 @@ def _out_range(w: Tensor) -> Tensor:
 
 def _in_range(node: Node) -> Tensor:
     w = node.params["weight"]
-    if _is_depthwise(node):  # input channel i is filter i
+    if is_plain_depthwise(node):  # input channel i is filter i
         return _out_range(w)
     return w.abs().transpose(0, 1).reshape(w.shape[1], -1).amax(dim=1)
 
@@ -122,7 +124,7 @@ def _apply(first: Node, second: Node, s: Tensor) -> None:
     shape1 = [-1] + [1] * (w1.dim() - 1)
     first.params = {**first.params, "weight": w1 / s.reshape(shape1), "bias": b1 / s}
     w2 = second.params["weight"]
-    if _is_depthwise(second):
+    if is_plain_depthwise(second):
         scaled = w2 * s.reshape([-1] + [1] * (w2.dim() - 1))
     else:
         scaled = w2 * s.reshape([1, -1] + [1] * (w2.dim() - 2))
@@ -160,4 +162,5 @@ def equalize(graph: Graph, relu6_to_relu_first: bool = False, iterations: int = 
     return g, report
 
 
-__all__ = ["EqualizeReport", "equalization_scales", "equalize", "find_pairs", "relu6_to_relu"]
+__all__ = ["EqualizeReport", "equalization_scales", "equalize", "find_pairs", "is_plain_depthwise",
+           "relu6_to_relu"]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from edgeres.graph.equalize import is_plain_depthwise
 from edgeres.graph.ir import Graph, Node, run_graph
 
 RELU6_MARGIN = 1.5  # grown ReLU6 channels keep their calibrated max below 6 / this
@@ -66,16 +67,10 @@ class SmoothReport:
                 "skipped": [list(s) for s in self.skipped]}
 
 
-def _is_depthwise(node: Node) -> bool:
-    w = node.params.get("weight")
-    return (node.op == "conv2d" and w is not None and node.attrs["groups"] == w.shape[0] > 1
-            and w.shape[1] == 1)
-
-
 def _scalable_reader(graph: Graph, node: Node, tensor: str) -> bool:
     """Can ``node`` absorb a per-channel scale of its input ``tensor`` in its weights?"""
     if node.op == "conv2d":
-        return node.attrs["groups"] == 1 or _is_depthwise(node)
+        return node.attrs["groups"] == 1 or is_plain_depthwise(node)
     return node.op == "linear" and len(graph.shapes[tensor]) == 2
 
 
@@ -154,7 +149,7 @@ def _reader_in_range(node: Node) -> Tensor:
 def domain_scales(dom: SmoothDomain, absmax: dict[str, Tensor], alpha: float) -> Tensor:
     """SmoothQuant's ``s_j``, bounded where a ReLU6 producer would change the function."""
     a = torch.stack([absmax[t] for t in dom.tensors]).amax(0)
-    dense = [_reader_in_range(r) for r in dom.readers if not _is_depthwise(r)]
+    dense = [_reader_in_range(r) for r in dom.readers if not is_plain_depthwise(r)]
     if dense:
         w = torch.stack(dense).amax(0)
         s = a.clamp_min(1e-12).pow(alpha) / w.clamp_min(1e-12).pow(1 - alpha)
@@ -179,7 +174,7 @@ def _scale_producer(node: Node, s: Tensor) -> None:
 
 def _scale_reader(node: Node, s: Tensor) -> None:
     w = node.params["weight"].to(torch.float64)
-    if _is_depthwise(node):
+    if is_plain_depthwise(node):
         w = w * s.reshape([-1] + [1] * (w.dim() - 1))
     else:
         w = w * s.reshape([1, -1] + [1] * (w.dim() - 2))
