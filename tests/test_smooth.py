@@ -133,3 +133,33 @@ def test_bad_alpha_and_rex_combination_are_user_errors() -> None:
     with pytest.raises(UserError, match="REx"):
         quantize_graph(g, PTQConfig(smooth_alpha=0.5), load_target("arm-cpu-tflite"),
                        torch.randn(4, 8, 9, 9), weight_overrides={"conv2d0": qm.weights["conv2d0"]})
+
+
+def test_per_tensor_layers_keep_their_weight_range() -> None:
+    """With one weight scale per layer, growing a quiet channel whose weights are the layer's
+    widest would coarsen the whole layer: per-tensor layers do not let that happen."""
+    gb = GraphBuilder((2, 8, 9, 9), seed=0)
+    a = gb.conv(gb.x, 16, 1, act="relu")
+    b = gb.conv(a, 16, 3, groups=16, act="relu")
+    c = gb.conv(b, 4, 1)
+    g = gb.build([c])
+    calib = torch.randn(16, 8, 9, 9, generator=torch.Generator().manual_seed(0))
+    n = g.node(a)  # channel 0: the widest weights, but a bias that keeps its output quiet
+    w, bias = n.params["weight"].clone(), n.params["bias"].clone()
+    w[0] *= 6.0
+    n.params = {"weight": w, "bias": bias}
+    peaks = run_graph(g, calib, keep=True)[a].amax(dim=(0, 2, 3))
+    pre0 = torch.einsum("nchw,c->nhw", calib.double(), w[0, :, 0, 0].double()) + bias[0]
+    bias[0] -= float(pre0.max() - peaks[1:].median() / 4)  # peak at 1/4 of the others'
+    n.params = {"weight": w, "bias": bias}
+    widest = float(w.abs().max())
+    free, _ = smooth(g, calib, alpha=0.5)
+    bounded, _ = smooth(g, calib, alpha=0.5, per_tensor=[a, b, c])
+    assert float(free.node(a).params["weight"].abs().max()) > widest * 1.5  # per-channel: fine
+    for name in (a, b, c):
+        before = float(g.node(name).params["weight"].abs().max())
+        assert float(bounded.node(name).params["weight"].abs().max()) <= before * (1 + 1e-5)
+    x = torch.randn(4, 8, 9, 9, dtype=torch.float64)
+    out = g.outputs[0]
+    torch.testing.assert_close(run_graph(bounded, x)[out], run_graph(g, x)[out],
+                               rtol=1e-4, atol=1e-4)

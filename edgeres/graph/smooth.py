@@ -23,12 +23,17 @@ acts only on inputs ``margin`` times louder than any calibration image (where th
 tensor's own range clips them anyway); on held-out images the float function moves by
 ~70 dB SQNR or less, far below int8 noise (MobileNetV2-1.0 on ImageNet views: 128 dB).
 
+With per-tensor weights (``per_tensor`` layers, from the plan) neither side is free: no
+channel's weights may grow past the layer's widest, in producers or readers, so smoothing
+there only uses the headroom each layer already has.
+
 No maintained library applies this to a captured CNN graph with residual streams (SmoothQuant
 and its ports rewrite transformer LayerNorm -> Linear pairs), so it is written here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -146,8 +151,11 @@ def _reader_in_range(node: Node) -> Tensor:
     return w.abs().transpose(0, 1).reshape(w.shape[1], -1).amax(1)
 
 
-def domain_scales(dom: SmoothDomain, absmax: dict[str, Tensor], alpha: float) -> Tensor:
-    """SmoothQuant's ``s_j``, bounded where a ReLU6 producer would change the function."""
+def domain_scales(dom: SmoothDomain, absmax: dict[str, Tensor], alpha: float,
+                  per_tensor: Collection[str] = ()) -> Tensor:
+    """SmoothQuant's ``s_j``, bounded where a ReLU6 producer would change the function and
+    where a layer with one weight scale (``per_tensor`` names) would widen its weight range
+    (SmoothQuant's balance assumes the reader's range may widen; one shared scale cannot)."""
     a = torch.stack([absmax[t] for t in dom.tensors]).amax(0)
     dense = [_reader_in_range(r) for r in dom.readers if not is_plain_depthwise(r)]
     if dense:
@@ -157,11 +165,24 @@ def domain_scales(dom: SmoothDomain, absmax: dict[str, Tensor], alpha: float) ->
         s = a / a.max().clamp_min(1e-12)
     s = s / s[a > 0].median() if (a > 0).any() else torch.ones_like(a)
     s = s.clamp(1 / MAX_SCALE_RATIO, MAX_SCALE_RATIO)
-    s[a <= 0] = 1.0
     if any(p.attrs.get("act") == "relu6" for p in dom.producers):
         grow_limit = (a * RELU6_MARGIN / 6.0).clamp_min(1 / MAX_SCALE_RATIO)
         s = torch.maximum(s.clamp(max=1.0), grow_limit).clamp(max=1.0)
+    for p in dom.producers:  # w_j / s_j must stay within the producer's one range
+        if p.name in per_tensor:
+            r = _out_range(p)
+            s = torch.maximum(s, r / r.max().clamp_min(1e-12))
+    for r in dom.readers:  # a reader's weights for channel j grow by s_j
+        if r.name in per_tensor:
+            rr = _out_range(r) if is_plain_depthwise(r) else _reader_in_range(r)
+            s = torch.minimum(s, rr.max() / rr.clamp_min(1e-12))
+    s[a <= 0] = 1.0
     return s
+
+
+def _out_range(node: Node) -> Tensor:
+    w = node.params["weight"].detach().to(torch.float64)
+    return w.abs().reshape(w.shape[0], -1).amax(1)
 
 
 def _scale_producer(node: Node, s: Tensor) -> None:
@@ -181,16 +202,20 @@ def _scale_reader(node: Node, s: Tensor) -> None:
     node.params = {**node.params, "weight": w.float()}
 
 
-def smooth(graph: Graph, calib: Tensor, alpha: float = 0.5, batch: int = 32
-           ) -> tuple[Graph, SmoothReport]:
-    """A new graph computing the same function with smoothed activation channels."""
+def smooth(graph: Graph, calib: Tensor, alpha: float = 0.5, batch: int = 32,
+           per_tensor: Collection[str] = ()) -> tuple[Graph, SmoothReport]:
+    """A new graph computing the same function with smoothed activation channels.
+
+    ``per_tensor`` names the layers whose weights will have one scale (per-tensor targets):
+    their weight ranges are not allowed to widen.
+    """
     g = graph.copy()
     domains, skipped = find_domains(g)
     report = SmoothReport(skipped=skipped, alpha=alpha)
     wanted = {t for d in domains for t in d.tensors}
     absmax = _channel_absmax(g, wanted, calib, batch)
     for dom in domains:
-        s = domain_scales(dom, absmax, alpha)
+        s = domain_scales(dom, absmax, alpha, per_tensor)
         for p in dom.producers:
             _scale_producer(p, s)
         for r in dom.readers:

@@ -156,6 +156,7 @@ def quantize_graph(
     """
     check_calibration_data(calib, graph)
     started = time.perf_counter()
+    plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
     smooth_report = None
     if cfg.smooth_alpha > 0:
         if weight_overrides:
@@ -163,8 +164,9 @@ def quantize_graph(
                             "set smooth_alpha=0 for REx")
         from edgeres.graph.smooth import smooth
 
-        graph, smooth_report = smooth(graph, calib, cfg.smooth_alpha, cfg.calib_batch)
-    plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
+        per_tensor = {n for n, s in plan.weight_specs.items() if not s.per_channel}
+        graph, smooth_report = smooth(graph, calib, cfg.smooth_alpha, cfg.calib_batch,
+                                      per_tensor)
     stats = collect_stats(graph, plan, calib, cfg, progress)
     act_qp = activation_qparams(plan, stats, cfg, outputs=graph.outputs)
     weights: dict[str, QuantWeight] = {}
