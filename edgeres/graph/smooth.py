@@ -37,6 +37,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
+from rich.progress import Progress
 from torch import Tensor
 
 from edgeres.graph.equalize import is_plain_depthwise
@@ -132,7 +133,8 @@ def find_domains(graph: Graph) -> tuple[list[SmoothDomain], list[tuple[str, str]
     return domains, skipped
 
 
-def _channel_absmax(graph: Graph, tensors: set[str], calib: Tensor, batch: int) -> dict:
+def _channel_absmax(graph: Graph, tensors: set[str], calib: Tensor, batch: int,
+                    progress: bool = False) -> dict:
     out: dict[str, Tensor] = {}
 
     def observe(name: str, value: Tensor) -> None:
@@ -140,8 +142,10 @@ def _channel_absmax(graph: Graph, tensors: set[str], calib: Tensor, batch: int) 
             m = value.detach().abs().transpose(0, 1).reshape(value.shape[1], -1).amax(1)
             out[name] = m if name not in out else torch.maximum(out[name], m)
 
-    for i in range(0, calib.shape[0], batch):
-        run_graph(graph, calib[i : i + batch], dtype=torch.float32, observe=observe)
+    starts = range(0, calib.shape[0], batch)
+    with Progress(disable=not progress, transient=True) as bar:
+        for i in bar.track(starts, description="smoothing: channel ranges"):
+            run_graph(graph, calib[i : i + batch], dtype=torch.float32, observe=observe)
     return {k: v.to(torch.float64) for k, v in out.items()}
 
 
@@ -203,7 +207,8 @@ def _scale_reader(node: Node, s: Tensor) -> None:
 
 
 def smooth(graph: Graph, calib: Tensor, alpha: float = 0.5, batch: int = 32,
-           per_tensor: Collection[str] = ()) -> tuple[Graph, SmoothReport]:
+           per_tensor: Collection[str] = (), progress: bool = False
+           ) -> tuple[Graph, SmoothReport]:
     """A new graph computing the same function with smoothed activation channels.
 
     ``per_tensor`` names the layers whose weights will have one scale (per-tensor targets):
@@ -213,7 +218,7 @@ def smooth(graph: Graph, calib: Tensor, alpha: float = 0.5, batch: int = 32,
     domains, skipped = find_domains(g)
     report = SmoothReport(skipped=skipped, alpha=alpha)
     wanted = {t for d in domains for t in d.tensors}
-    absmax = _channel_absmax(g, wanted, calib, batch)
+    absmax = _channel_absmax(g, wanted, calib, batch, progress)
     for dom in domains:
         s = domain_scales(dom, absmax, alpha, per_tensor)
         for p in dom.producers:

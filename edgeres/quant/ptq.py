@@ -166,7 +166,7 @@ def quantize_graph(
 
         per_tensor = {n for n, s in plan.weight_specs.items() if not s.per_channel}
         graph, smooth_report = smooth(graph, calib, cfg.smooth_alpha, cfg.calib_batch,
-                                      per_tensor)
+                                      per_tensor, progress)
     stats = collect_stats(graph, plan, calib, cfg, progress)
     act_qp = activation_qparams(plan, stats, cfg, outputs=graph.outputs)
     weights: dict[str, QuantWeight] = {}
