@@ -1,0 +1,73 @@
+"""Where MobileNetV2-1.0's int8 error comes from: a leave-one-in activation noise budget.
+
+    python tools/bench_noise_budget.py                  # default PTQ, every 4th of the 260 views
+    python tools/bench_noise_budget.py --smooth 0.5     # with activation smoothing
+
+Each activation tensor is quantized alone (weights and every other tensor float) and the
+logits' noise power against the float model is measured on the same views. The budget is
+additive when the per-tensor noise powers sum to about the total (both are printed), which
+tells whether fixing one tensor can pay. Rows are sorted by share of the summed noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from rich.progress import track
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import imagenet_sets, machine, print_table, sqnr, write_json  # noqa: E402
+
+from edgeres.config import PTQConfig  # noqa: E402
+from edgeres.graph.capture import capture  # noqa: E402
+from edgeres.graph.ir import run_graph  # noqa: E402
+from edgeres.quant.ptq import quantize_graph  # noqa: E402
+from edgeres.quant.qmodel import QModel  # noqa: E402
+from edgeres.targets import load_target  # noqa: E402
+from edgeres.zoo import create_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA")
+    ap.add_argument("--stride", type=int, default=4, help="score every Nth of the 260 views")
+    ap.add_argument("--top", type=int, default=15, help="rows to print")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_noise_budget.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    s20, crops, calib = imagenet_sets()
+    x = torch.cat([s20.x, crops.x])[:: args.stride]
+    graph = capture(create_model("mobilenet_v2_100", pretrained=True), calib[:1])
+    qm = quantize_graph(graph, PTQConfig(smooth_alpha=args.smooth), load_target("arm-cpu-tflite"),
+                        calib)
+    out = qm.graph.outputs[0]
+
+    def logits(act_qparams: dict, weights: dict) -> torch.Tensor:
+        m = QModel(qm.graph, act_qparams, weights)
+        return torch.cat([m.simulate(x[i : i + 20])[out] for i in range(0, len(x), 20)])
+
+    ref = torch.cat([run_graph(qm.graph, x[i : i + 20])[out] for i in range(0, len(x), 20)])
+    total = sqnr(ref, logits(qm.act_qparams, qm.weights))
+    weights_only = sqnr(ref, logits({}, qm.weights))
+    alone = {t: sqnr(ref, logits({t: qm.act_qparams[t]}, {}))
+             for t in track(list(qm.act_qparams), description="one tensor at a time")}
+    power = {t: 10 ** (-db / 10) for t, db in alone.items()}
+    summed = sum(power.values())
+    rows = [{"tensor": t, "sqnr_db": round(alone[t], 2),
+             "share_pct": round(100 * p / summed, 1)}
+            for t, p in sorted(power.items(), key=lambda kv: -kv[1])]
+    print_table(f"MobileNetV2-1.0 int8 noise budget ({len(x)} views, smooth {args.smooth}): "
+                f"all {total:.2f} dB, weights only {weights_only:.2f} dB, "
+                f"sum of single tensors {-10 * torch.log10(torch.tensor(summed)):.2f} dB",
+                rows[: args.top], ["tensor", "sqnr_db", "share_pct"])
+    write_json(args.out, {"command": " ".join(sys.argv), "machine": machine(),
+                          "all_db": total, "weights_only_db": weights_only, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
