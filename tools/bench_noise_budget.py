@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_noise_budget.json"))
     args = ap.parse_args()
+    if args.stride < 1 or not 0.0 <= args.smooth < 1.0:
+        ap.error("--stride must be >= 1 and --smooth in [0, 1)")  # one line, exit 2
     torch.set_num_threads(args.threads)
 
     s20, crops, calib = imagenet_sets()
