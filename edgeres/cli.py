@@ -142,6 +142,9 @@ def convert(
     smooth: Annotated[
         float, typer.Option(help="PTQ: move activation outliers into weights, alpha (0: off)")
     ] = 0.0,
+    reconstruct: Annotated[
+        int, typer.Option(help="PTQ: block reconstruction (BRECQ+QDrop), steps per block (0: off)")
+    ] = 0,
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
     rex_budget: Annotated[
@@ -173,6 +176,7 @@ def convert(
         max_drop=max_drop,
         bench=bench,
         smooth_alpha=smooth,
+        reconstruct_iters=reconstruct,
     )
     _run_convert(opts, as_json)
 

@@ -57,6 +57,11 @@ class PTQConfig(_JsonConfig):
     ``smooth_alpha > 0`` first rescales activation channels (and the weights around them) so
     that one per-tensor step suits every channel (:mod:`edgeres.graph.smooth`); the float
     function is unchanged. 0.5 is SmoothQuant's balance between activations and weights.
+
+    ``reconstruct_iters > 0`` then learns, block by block on the calibration data, each
+    weight's rounding, each bias and each activation step against the float model (BRECQ with
+    QDrop, :mod:`edgeres.quant.reconstruct`): the PTQ method for when range setting is not
+    enough. It subsumes AdaRound, so the two are not combined.
     """
 
     weight_bits: int = 8
@@ -71,6 +76,7 @@ class PTQConfig(_JsonConfig):
     adaround_iters: int = 0  # > 0: learn weight rounding (AdaRound), this many steps per layer
     output_headroom: float = 1.5  # model outputs: min-max range x this, never clipped
     smooth_alpha: float = 0.0  # > 0: move activation channel outliers into weights (SmoothQuant)
+    reconstruct_iters: int = 0  # > 0: block reconstruction (BRECQ + QDrop), steps per block
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
@@ -85,6 +91,11 @@ class PTQConfig(_JsonConfig):
             )
         if self.adaround_iters < 0:
             raise UserError(f"adaround_iters must be >= 0, got {self.adaround_iters}")
+        if self.reconstruct_iters < 0:
+            raise UserError(f"reconstruct_iters must be >= 0, got {self.reconstruct_iters}")
+        if self.reconstruct_iters and self.adaround_iters:
+            raise UserError("reconstruct_iters already learns the weight rounding: set "
+                            "adaround_iters=0 (or reconstruct_iters=0 for AdaRound alone)")
         if not 0.0 <= self.smooth_alpha < 1.0:
             raise UserError(f"smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
         if self.output_headroom < 1.0:

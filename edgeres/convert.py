@@ -64,12 +64,20 @@ class ConvertOptions:
     bench: bool = True
     threads: tuple[int, ...] = (1, 2)
     smooth_alpha: float = 0.0  # PTQ: activation smoothing (edgeres.graph.smooth), 0 = off
+    reconstruct_iters: int = 0  # PTQ: block reconstruction steps per block (BRECQ + QDrop), 0 = off
 
     def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
         if not 0.0 <= self.smooth_alpha < 1.0:
             raise UserError(f"--smooth: smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
         if self.smooth_alpha and self.scheme != "ptq":
             raise UserError(f"--smooth applies to --scheme ptq only, not '{self.scheme}'")
+        if self.reconstruct_iters < 0:
+            raise UserError(f"--reconstruct: steps per block must be >= 0, got "
+                            f"{self.reconstruct_iters}")
+        if self.reconstruct_iters and self.scheme != "ptq":
+            raise UserError(f"--reconstruct applies to --scheme ptq only, not '{self.scheme}'")
+        if self.reconstruct_iters and self.adaround_iters:
+            raise UserError("--reconstruct already learns the weight rounding: drop --adaround")
 
 
 @dataclass
@@ -114,7 +122,8 @@ def _quantize(
 ) -> QModel:  # noqa: ANN001 - Graph
     wbits, abits = parse_bits(opts.bits)
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore),
-                    adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha)
+                    adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha,
+                    reconstruct_iters=opts.reconstruct_iters)
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     rex = RExConfig(
@@ -428,7 +437,8 @@ def convert(
                 **{k: v for k, v in extras.items() if not isinstance(v, dict)},
             },
             "plan": qmodel.meta.get("plan", {}),
-            **{k: qmodel.meta[k] for k in ("config", "smooth") if k in qmodel.meta},
+            **{k: qmodel.meta[k] for k in ("config", "smooth", "reconstruct")
+               if k in qmodel.meta},
             "export": info,
             "ops": manifest["ops"],
             "layer_sqnr": [

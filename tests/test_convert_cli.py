@@ -140,6 +140,10 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
         (["convert", "mobilenet_v2_fmnist", "--smooth", "1.5"], "smooth_alpha must be in"),
         (["convert", "mobilenet_v2_fmnist", "--scheme", "rex", "--smooth", "0.5"],
          "--smooth applies to --scheme ptq only"),
+        (["convert", "mobilenet_v2_fmnist", "--reconstruct", "5", "--adaround", "5"],
+         "already learns the weight rounding"),
+        (["convert", "mobilenet_v2_fmnist", "--scheme", "qat", "--reconstruct", "5"],
+         "--reconstruct applies to --scheme ptq only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
@@ -158,6 +162,18 @@ def test_smoothed_ptq_bundle_checks_and_says_what_it_did(weights, tmp_path, caps
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["smooth_alpha"] == 0.5
     assert any("add" in "".join(d["domain"]) for d in report["smooth"]["smoothed"])
+
+
+def test_reconstructed_ptq_bundle_checks_and_says_what_it_did(weights, tmp_path) -> None:
+    out = tmp_path / "recon"
+    argv = ["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out", str(out), "--calib",
+            "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench", "--reconstruct", "20",
+            "--min-agreement", "97", "--json"]
+    assert main(argv) == 0
+    assert main(["check", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["reconstruct_iters"] == 20
+    assert report["reconstruct"]["blocks"][0].startswith("features.0")
 
 
 def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:

@@ -4,6 +4,7 @@
     python tools/bench_ptq.py --part imagenet          # mobilenet_v2_100 on the ImageNet samples
     python tools/bench_ptq.py --part timing            # PTQ wall time + peak RSS, 128 images
     python tools/bench_ptq.py --part imagenet --smooth 0.5   # + activation smoothing rows
+    python tools/bench_ptq.py --part fmnist --reconstruct 200  # + block reconstruction rows
 
 Every row of a part is measured in one run on the same data. Quantized accuracy is the
 integer simulation (QModel.simulate); `litert` / `ort` columns run the exported file.
@@ -115,8 +116,10 @@ def edgeres_litert(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         )
 
 
-def edgeres_runs(smooth: float | None) -> list[tuple[str, str, PTQConfig]]:
-    """(target, row label, config) of every edgeres row; ``smooth`` adds smoothed rows."""
+def edgeres_runs(smooth: float | None, recon: int | None = None
+                 ) -> list[tuple[str, str, PTQConfig]]:
+    """(target, row label, config) of every edgeres row; ``smooth`` adds smoothed rows,
+    ``recon`` block-reconstructed ones (with and without smoothing)."""
     runs = [
         ("arm-cpu-tflite", "edgeres int8 per-channel", PTQConfig()),
         ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)", PTQConfig()),
@@ -126,11 +129,20 @@ def edgeres_runs(smooth: float | None) -> list[tuple[str, str, PTQConfig]]:
         cfg = PTQConfig(smooth_alpha=smooth)
         runs.insert(1, ("arm-cpu-tflite", f"edgeres int8 per-channel, smooth {smooth}", cfg))
         runs.insert(3, ("npu-int8-per-tensor", f"edgeres int8 per-tensor, smooth {smooth}", cfg))
+    if recon:
+        extra = [("arm-cpu-tflite", f"edgeres int8 per-channel, reconstruct {recon}",
+                  PTQConfig(reconstruct_iters=recon))]
+        if smooth:
+            extra.append(("arm-cpu-tflite",
+                          f"edgeres int8 per-channel, smooth {smooth} + reconstruct {recon}",
+                          PTQConfig(reconstruct_iters=recon, smooth_alpha=smooth)))
+        k = 2 if smooth else 1
+        runs[k:k] = extra
     return runs
 
 
 def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  # noqa: ANN001
-             smooth: float | None = None) -> list[dict]:
+             smooth: float | None = None, recon: int | None = None) -> list[dict]:
     ref = {
         s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x) for s in sets
     }
@@ -151,7 +163,7 @@ def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  #
             rows.append({**row, **extra})
 
     add("float", ref)
-    for target, label, cfg in edgeres_runs(smooth):
+    for target, label, cfg in edgeres_runs(smooth, recon):
         t0 = time.perf_counter()
         qm = quantize_graph(graph, cfg, load_target(target), calib)
         secs = time.perf_counter() - t0
@@ -188,7 +200,8 @@ def part_fmnist(args: argparse.Namespace) -> list[dict]:
             continue
         calib = fmnist_calib(model, 512)
         graph = capture(net, calib[:1])
-        rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True, args.smooth)
+        rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True, args.smooth,
+                         args.reconstruct)
     return rows
 
 
@@ -196,7 +209,8 @@ def part_imagenet(args: argparse.Namespace) -> list[dict]:
     s20, crops, calib = imagenet_sets()
     net = create_model("mobilenet_v2_100", pretrained=True)
     graph = capture(net, calib[:1])
-    return rows_for("mobilenet_v2_100", graph, calib, [s20, crops], not args.fast, args.smooth)
+    return rows_for("mobilenet_v2_100", graph, calib, [s20, crops], not args.fast, args.smooth,
+                    args.reconstruct)
 
 
 TIMING_SNIPPET = """
@@ -246,6 +260,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
                     help="also run edgeres with PTQConfig(smooth_alpha=ALPHA), side by side")
+    ap.add_argument("--reconstruct", type=int, default=None, metavar="STEPS",
+                    help="also run edgeres with block reconstruction, STEPS per block")
     args = ap.parse_args()
     rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](
         args

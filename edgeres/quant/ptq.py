@@ -187,12 +187,24 @@ def quantize_graph(
         weights = adaround(QModel(graph, act_qp, weights), calib, cfg.adaround_iters,
                            skip=frozenset(weight_overrides or ()), in_means=means,
                            progress=progress)
+    recon_report = None
+    if cfg.reconstruct_iters:
+        from edgeres.quant.reconstruct import reconstruct
+
+        t0 = time.perf_counter()
+        rq = reconstruct(QModel(graph, act_qp, weights), calib, cfg.reconstruct_iters,
+                         shared=plan.shared, frozen=frozenset(plan.fixed),
+                         skip=frozenset(weight_overrides or ()), progress=progress)
+        act_qp, weights = rq.act_qparams, rq.weights
+        recon_report = {"iters": cfg.reconstruct_iters, "blocks": rq.meta["blocks"],
+                        "seconds": round(time.perf_counter() - t0, 3)}
     meta = {
         "plan": plan.to_json(),
         "config": cfg.to_json(),
         "target": target.name,
         "calibration_samples": int(calib.shape[0]),
         **({"smooth": smooth_report.to_json()} if smooth_report else {}),
+        **({"reconstruct": recon_report} if recon_report else {}),
         "quantize_seconds": round(time.perf_counter() - started, 3),
     }
     qm = QModel(graph, act_qp, weights, scheme="ptq", meta=meta)
