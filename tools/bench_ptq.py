@@ -142,7 +142,8 @@ def edgeres_runs(smooth: float | None, recon: int | None = None
 
 
 def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  # noqa: ANN001
-             smooth: float | None = None, recon: int | None = None) -> list[dict]:
+             smooth: float | None = None, recon: int | None = None,
+             recon_calib: torch.Tensor | None = None) -> list[dict]:
     ref = {
         s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x) for s in sets
     }
@@ -165,10 +166,11 @@ def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  #
     add("float", ref)
     for target, label, cfg in edgeres_runs(smooth, recon):
         t0 = time.perf_counter()
-        qm = quantize_graph(graph, cfg, load_target(target), calib)
+        data = recon_calib if cfg.reconstruct_iters and recon_calib is not None else calib
+        qm = quantize_graph(graph, cfg, load_target(target), data)
         secs = time.perf_counter() - t0
         sim = {s.name: batched_logits(lambda b, qm=qm: qm.simulate(b)["logits"], s.x) for s in sets}
-        add(label + " [sim]", sim, quantize_s=round(secs, 2))
+        add(label + " [sim]", sim, quantize_s=round(secs, 2), calib_n=len(data))
         if with_files and target == "arm-cpu-tflite":
             add(label + " [LiteRT XNNPACK]", {s.name: edgeres_litert(qm, s.x) for s in sets})
         if with_files and target == "arm-cpu-onnx":
@@ -209,8 +211,14 @@ def part_imagenet(args: argparse.Namespace) -> list[dict]:
     s20, crops, calib = imagenet_sets()
     net = create_model("mobilenet_v2_100", pretrained=True)
     graph = capture(net, calib[:1])
+    recon_calib = None
+    if args.recon_calib:
+        from edgeres.data.photos import photo_calibration_set
+        from edgeres.data.preprocess import IMAGENET
+
+        recon_calib = photo_calibration_set(IMAGENET, n=args.recon_calib, seed=0)
     return rows_for("mobilenet_v2_100", graph, calib, [s20, crops], not args.fast, args.smooth,
-                    args.reconstruct)
+                    args.reconstruct, recon_calib)
 
 
 TIMING_SNIPPET = """
@@ -262,6 +270,8 @@ def main() -> None:
                     help="also run edgeres with PTQConfig(smooth_alpha=ALPHA), side by side")
     ap.add_argument("--reconstruct", type=int, default=None, metavar="STEPS",
                     help="also run edgeres with block reconstruction, STEPS per block")
+    ap.add_argument("--recon-calib", type=int, default=None, metavar="N",
+                    help="imagenet: reconstruction rows calibrate on N photo crops (default 128)")
     args = ap.parse_args()
     rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](
         args
