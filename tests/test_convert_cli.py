@@ -152,28 +152,27 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
-def test_smoothed_ptq_bundle_checks_and_says_what_it_did(weights, tmp_path, capsys) -> None:
-    out = tmp_path / "smooth"
+@pytest.mark.parametrize(
+    "flag, value, field, section, says",
+    [
+        ("--smooth", "0.5", "smooth_alpha", "smooth",
+         lambda r: any("add" in "".join(d["domain"]) for d in r["smoothed"])),
+        ("--reconstruct", "20", "reconstruct_iters", "reconstruct",
+         lambda r: r["blocks"][0].startswith("features.0")),
+    ],
+)
+def test_ptq_options_give_a_bundle_that_checks_and_says_what_it_did(
+    weights, tmp_path, flag, value, field, section, says
+) -> None:
+    out = tmp_path / section
     argv = ["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out", str(out), "--calib",
-            "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench", "--smooth", "0.5",
+            "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench", flag, value,
             "--min-agreement", "97", "--json"]
     assert main(argv) == 0
     assert main(["check", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["smooth_alpha"] == 0.5
-    assert any("add" in "".join(d["domain"]) for d in report["smooth"]["smoothed"])
-
-
-def test_reconstructed_ptq_bundle_checks_and_says_what_it_did(weights, tmp_path) -> None:
-    out = tmp_path / "recon"
-    argv = ["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out", str(out), "--calib",
-            "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench", "--reconstruct", "20",
-            "--min-agreement", "97", "--json"]
-    assert main(argv) == 0
-    assert main(["check", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["config"]["reconstruct_iters"] == 20
-    assert report["reconstruct"]["blocks"][0].startswith("features.0")
+    assert str(report["config"][field]) == value
+    assert says(report[section])
 
 
 def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:

@@ -263,26 +263,16 @@ def _train_block(net: _BlockNet, fp_in: Tensor, q_in: Tensor, target: Tensor, it
         sched.step()
 
 
-def _learned_weight(node: Node, r: _Rounding, qw: QuantWeight, in_qp: QParams) -> QuantWeight:
-    codes = r.codes().numpy().astype(qw.qparams.spec.storage_dtype())
-    if r.bias is None or qw.bias_qparams is None:
+def _on_bias_grid(codes: np.ndarray, qw: QuantWeight, bias: Tensor | None,
+                  in_qp: QParams) -> QuantWeight:
+    """``codes`` with ``bias`` (float) as int32 codes on the input x weight scale grid."""
+    if bias is None or qw.bias_qparams is None:
         return QuantWeight(codes, qw.qparams)
     bqp = bias_qparams(in_qp, qw.qparams)
-    bias = r.bias.detach().to(torch.float64)
-    bias_codes = torch.round(bias / torch.from_numpy(bqp.scale.astype(np.float64)))
-    bias_codes = bias_codes.clamp(-(2**31), 2**31 - 1).to(torch.int64).numpy()
-    return QuantWeight(codes, qw.qparams, bias_codes.astype(np.int32), bqp)
-
-
-def _rebiased(qw: QuantWeight, in_qp: QParams) -> QuantWeight:
-    """The same bias on the int32 grid of a (possibly new) input step."""
-    bqp = bias_qparams(in_qp, qw.qparams)
-    if qw.bias_qparams is not None and bqp == qw.bias_qparams:
-        return qw
-    bias = qw.dequantized()["bias"].to(torch.float64)
-    codes = torch.round(bias / torch.from_numpy(bqp.scale.astype(np.float64)))
-    codes = codes.clamp(-(2**31), 2**31 - 1).to(torch.int64).numpy().astype(np.int32)
-    return QuantWeight(qw.codes, qw.qparams, codes, bqp)
+    steps = torch.round(bias.detach().to(torch.float64)
+                        / torch.from_numpy(bqp.scale.astype(np.float64)))
+    bias_codes = steps.clamp(-(2**31), 2**31 - 1).to(torch.int64).numpy().astype(np.int32)
+    return QuantWeight(codes, qw.qparams, bias_codes, bqp)
 
 
 def reconstruct(
@@ -336,8 +326,9 @@ def reconstruct(
             for node in block.nodes:
                 key = net.rkeys.get(node.name)
                 if key:
-                    weights[node.name] = _learned_weight(
-                        node, net.rounding[key], weights[node.name], act_qp[node.inputs[0]])
+                    r, qw = net.rounding[key], weights[node.name]
+                    codes = r.codes().numpy().astype(qw.qparams.spec.storage_dtype())
+                    weights[node.name] = _on_bias_grid(codes, qw, r.bias, act_qp[node.inputs[0]])
             net.qp = act_qp
             q_in = _batched(lambda x, n=net, f=i == 0: n(x, None, hard=True, quantize_input=f),
                             q_in, 64)
@@ -345,6 +336,7 @@ def reconstruct(
             bar.advance(task)
     for name, qw in weights.items():  # layers not learned here whose input step moved
         if name not in adaround and qw.bias_codes is not None:
-            weights[name] = _rebiased(qw, act_qp[graph.node(name).inputs[0]])
+            weights[name] = _on_bias_grid(qw.codes, qw, qw.dequantized()["bias"],
+                                          act_qp[graph.node(name).inputs[0]])
     meta = {**qmodel.meta, "blocks": [b.label for b in blocks]}
     return QModel(graph, act_qp, weights, qmodel.scheme, meta)
