@@ -106,13 +106,13 @@ class ConvertResult:
 
 
 def default_calib(rm: ResolvedModel) -> str:
-    return {"fmnist": "fmnist:train@512", "imagenet": "photos@64"}.get(
+    return {"fmnist": "fmnist:train@512", "imagenet": "photos@128"}.get(
         rm.label_set or "", "synthetic@32"
     )
 
 
 def default_eval(rm: ResolvedModel) -> str:
-    return {"fmnist": "fmnist:test@1000", "imagenet": "imagenet-agreement"}.get(
+    return {"fmnist": "fmnist:test@1000", "imagenet": "imagenet-10crop"}.get(
         rm.label_set or "", "synthetic@16"
     )
 

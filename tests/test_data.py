@@ -99,6 +99,30 @@ def test_agreement_set_views_match_the_standard_pipeline():
     assert len({tuple(v.flatten()[:64].tolist()) for v in x[:per]}) == per  # views differ
 
 
+def test_ten_crop_set_is_the_standard_protocol():
+    """Against an independent construction: PIL uint8 resize, centre + corners, mirrors."""
+    from edgeres.data.imagenet import imagenet_ten_crop_set, load_imagenet_samples
+
+    x, y = imagenet_ten_crop_set(IMAGENET)
+    images, labels = load_imagenet_samples()
+    assert x.shape == (200, 3, 224, 224)
+    assert torch.equal(y, torch.from_numpy(labels).repeat_interleave(10))
+    im = Image.fromarray(images[3])
+    s = 256 / min(im.size)
+    a = np.asarray(im.resize((round(im.width * s), round(im.height * s)), Image.BILINEAR))
+    h, w = a.shape[:2]
+
+    def expect(top: int, left: int) -> torch.Tensor:
+        c = torch.from_numpy(a[top : top + 224, left : left + 224].copy())
+        return IMAGENET.normalize(c.permute(2, 0, 1)[None].float() / 255.0)[0]
+
+    torch.testing.assert_close(x[30], expect((h - 224) // 2, (w - 224) // 2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(x[31], x[30].flip(-1), rtol=0, atol=0)
+    torch.testing.assert_close(x[38], expect(h - 224, w - 224), rtol=0, atol=1e-6)
+    # the uint8 resize is the float pipeline's resize, rounded: same geometry, 8-bit noise
+    ref = IMAGENET(images[3])[0]
+    assert float((x[30] - ref).abs().mean()) < 0.02
+
 def test_mobilenet_v2_top1_on_imagenet_samples():
     """Real pretrained weights on real labelled images (measured: 19/20)."""
     from edgeres.data.imagenet import load_imagenet_samples

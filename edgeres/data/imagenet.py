@@ -1,5 +1,6 @@
 """The 20 labelled ImageNet validation images shipped in PyPI ``foolbox==3.3.4``, class names,
-and a crop/flip "agreement set" built from them.
+and two crop/flip "agreement sets" built from them: edgeres' own 240 views, and the standard
+ten-crop protocol (200 views) that app-side evaluators use.
 
 foolbox itself is never imported (it needs eagerpy): the JPEG files are read from its package
 folder. Twenty images are +-10 top-1 points of noise, so they serve as a smoke test of the
@@ -119,3 +120,46 @@ def imagenet_agreement_set(preprocess: Preprocess) -> tuple[torch.Tensor, torch.
         ys += [int(label)] * len(views)
     x = preprocess.normalize(torch.cat(xs).contiguous())
     return x, torch.tensor(ys, dtype=torch.int64)
+
+
+def _ten_crops(image: np.ndarray, resize: int, crop: int) -> list[np.ndarray]:
+    """The ten uint8 HWC crops of one image, after a PIL bilinear resize of the shorter side."""
+    im = Image.fromarray(image)
+    w, h = im.size
+    s = resize / min(w, h)
+    a = np.asarray(im.resize((round(w * s), round(h * s)), Image.BILINEAR))
+    hh, ww = a.shape[:2]
+    if hh < crop or ww < crop:
+        raise UserError(f"ten-crop: a {hh}x{ww} resize is smaller than the {crop} px crop; "
+                        "the preprocessing's resize must be at least its crop")
+    # centre first, then the corners; each unflipped, then mirrored
+    offsets = [((hh - crop) // 2, (ww - crop) // 2), (0, 0), (0, ww - crop), (hh - crop, 0),
+               (hh - crop, ww - crop)]
+    out = []
+    for top, left in offsets:
+        c = a[top : top + crop, left : left + crop]
+        out += [c, c[:, ::-1]]
+    return out
+
+
+def imagenet_ten_crop_set(preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """200 model inputs (the ten-crop protocol on each sample image) and their labels.
+
+    Ten-crop (Krizhevsky et al. 2012; torchvision's ``TenCrop``) as an app computes it: the
+    decoded uint8 image resized in uint8 by PIL (shorter side to ``resize``, bilinear), the
+    centre and four corner ``crop`` squares, each also mirrored, then scaled to [0, 1] and
+    normalised. It differs from :func:`imagenet_agreement_set` (float resizes, more scales) in
+    the way a device pipeline differs from a training one, so a bundle's agreement is reported
+    on the inputs an app-side evaluator will feed it. Every 10th input (index 0, 10, ...) is
+    the plain centre crop.
+    """
+    crop = preprocess.crop or 224
+    resize = preprocess.resize or round(crop * 8 / 7)
+    images, labels = load_imagenet_samples()
+    crops, ys = [], []
+    for image, label in zip(images, labels, strict=True):
+        views = _ten_crops(image, resize, crop)
+        crops += views
+        ys += [int(label)] * len(views)
+    x01 = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+    return preprocess.normalize(x01.contiguous()), torch.tensor(ys, dtype=torch.int64)

@@ -7,6 +7,8 @@ spec                     what
 ``fmnist:test``          Fashion-MNIST test split (10k, labelled)
 ``imagenet-samples``     the 20 labelled ImageNet val images from foolbox (3x224x224)
 ``imagenet-agreement``   240 crop/flip views of those 20 images (labels of the source)
+``imagenet-10crop``      the standard ten-crop views of those 20 images (200; uint8 PIL
+                         resize as an app does it; every 10th is the plain centre crop)
 ``photos``               natural photos from scikit-image/scikit-learn/matplotlib, random
                          crops and flips (unlabelled; 128 unless a count is given)
 ``folder:PATH``          an image folder (optional class sub-folders = labels)
@@ -41,8 +43,8 @@ from edgeres.data.folders import (
 from edgeres.data.preprocess import Preprocess
 from edgeres.errors import UserError
 
-KINDS = ("fmnist", "imagenet-samples", "imagenet-agreement", "photos", "folder", "npz",
-         "synthetic")
+IMAGENET_KINDS = ("imagenet-samples", "imagenet-agreement", "imagenet-10crop")
+KINDS = ("fmnist", *IMAGENET_KINDS, "photos", "folder", "npz", "synthetic")
 _NEEDS_ARG = {"fmnist": "fmnist:train or fmnist:test", "folder": "folder:PATH",
               "npz": "npz:PATH"}
 DEFAULT_COUNT = {"photos": 128, "synthetic": 32}
@@ -70,7 +72,8 @@ class DataSpec:
         kind = kind.strip().lower()
         if kind not in KINDS:
             raise UserError(f"unknown data spec '{text}'. Known: fmnist:train, fmnist:test, "
-                            "imagenet-samples, imagenet-agreement, photos, folder:PATH, "
+                            "imagenet-samples, imagenet-agreement, imagenet-10crop, photos, "
+                            "folder:PATH, "
                             "npz:PATH, synthetic (each optionally @N)")
         if kind in _NEEDS_ARG and not arg:
             raise UserError(f"data spec '{text}' needs an argument: {_NEEDS_ARG[kind]}")
@@ -129,12 +132,18 @@ def _fmnist(split: str, idx_count: int | None, seed: int, preprocess: Preprocess
 
 def _imagenet(kind: str, count: int | None, seed: int, preprocess: Preprocess,
               in_chans: int, img_size: int | None, where: str):
-    from edgeres.data.imagenet import imagenet_agreement_set, load_imagenet_samples
+    from edgeres.data.imagenet import (
+        imagenet_agreement_set,
+        imagenet_ten_crop_set,
+        load_imagenet_samples,
+    )
 
     _need_channels(f"'{where}' (ImageNet samples)", 3, preprocess.crop or 224, in_chans,
                    img_size)
     if kind == "imagenet-agreement":
         x, y = imagenet_agreement_set(preprocess)
+    elif kind == "imagenet-10crop":
+        x, y = imagenet_ten_crop_set(preprocess)
     else:
         images, labels = load_imagenet_samples()
         x, y = torch.cat([preprocess(im) for im in images]), torch.from_numpy(labels)
@@ -172,7 +181,7 @@ def load_spec(
     y = None
     if parsed.kind == "fmnist":
         x, y = _fmnist(parsed.arg, count, seed, preprocess, in_chans, img_size, where)
-    elif parsed.kind in ("imagenet-samples", "imagenet-agreement"):
+    elif parsed.kind in IMAGENET_KINDS:
         x, y = _imagenet(parsed.kind, count, seed, preprocess, in_chans, img_size, where)
     elif parsed.kind == "photos":
         from edgeres.data.photos import photo_calibration_set
