@@ -8,6 +8,9 @@
 
 Every row of a part is measured in one run on the same data. Quantized accuracy is the
 integer simulation (QModel.simulate); `litert` / `ort` columns run the exported file.
+`sqnr_db` is against the float logits' power, `sqnr_c_db` against their power about each
+row's mean (what `edgeres check` and app-side evaluators print). The ImageNet part also
+scores the standard ten-crop views (200) and their 20 plain centre crops.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from benchlib import (  # noqa: E402
     fmnist_calib,
     fmnist_test,
     imagenet_sets,
+    imagenet_ten_crop,
     machine,
     print_table,
     sqnr,
+    sqnr_centred,
     top1,
     write_json,
 )
@@ -158,6 +163,7 @@ def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  #
                 "data": s.name,
                 "agree": agreement(ref[s.name], lg),
                 "sqnr_db": sqnr(ref[s.name], lg),
+                "sqnr_c_db": sqnr_centred(ref[s.name], lg),
             }
             if s.y is not None:
                 row["top1"] = top1(lg, s.y)
@@ -217,8 +223,9 @@ def part_imagenet(args: argparse.Namespace) -> list[dict]:
         from edgeres.data.preprocess import IMAGENET
 
         recon_calib = photo_calibration_set(IMAGENET, n=args.recon_calib, seed=0)
-    return rows_for("mobilenet_v2_100", graph, calib, [s20, crops], not args.fast, args.smooth,
-                    args.reconstruct, recon_calib)
+    ten, centres = imagenet_ten_crop()
+    return rows_for("mobilenet_v2_100", graph, calib, [s20, crops, centres, ten], not args.fast,
+                    args.smooth, args.reconstruct, recon_calib)
 
 
 TIMING_SNIPPET = """

@@ -63,6 +63,16 @@ def imagenet_sets() -> tuple[EvalSet, EvalSet, torch.Tensor]:
     )
 
 
+def imagenet_ten_crop() -> tuple[EvalSet, EvalSet]:
+    """(the 200 ten-crop views, their 20 plain centre crops): what app-side evaluators feed."""
+    from edgeres.data.imagenet import imagenet_ten_crop_set
+    from edgeres.data.preprocess import IMAGENET
+
+    x, y = imagenet_ten_crop_set(IMAGENET)
+    return (EvalSet(f"imagenet ten-crop ({len(x)})", x, y),
+            EvalSet("imagenet ten-crop centres (20)", x[::10], y[::10]))
+
+
 def batched_logits(
     fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 500
 ) -> torch.Tensor:
@@ -82,6 +92,15 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 def sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
     noise = float(((ref - test) ** 2).mean())
     return float("inf") if noise == 0 else 10 * float(np.log10(float((ref**2).mean()) / noise))
+
+
+def sqnr_centred(ref: torch.Tensor, test: torch.Tensor) -> float:
+    """SQNR against the float logits minus each row's mean (as ``edgeres check`` and app-side
+    evaluators report it: a constant offset of all logits carries no information)."""
+    ref = ref.to(torch.float64)
+    noise = float(((ref - test) ** 2).sum())
+    signal = float(((ref - ref.mean(1, keepdim=True)) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))
 
 
 def machine() -> dict:
