@@ -53,6 +53,9 @@ def print_check(report: dict, console: Console) -> None:
     t.add_row("golden vectors", f"max code difference {report['golden_max_code_diff']:.0f}")
     t.add_row("data", f"{report['data']} ({a['samples']} samples)")
     t.add_row("top-1 agreement with float", f"{a['top1_agreement']:.2f} %")
+    if a.get("expected_agreement") is not None:
+        t.add_row("expected at this noise", f"{a['expected_agreement']:.1f} +- "
+                  f"{a['agreement_sd']:.1f} % (near ties make one count a draw)")
     t.add_row("logits SQNR", f"{a['sqnr_db']:.2f} dB")
     if a.get("float_top1") is not None:
         t.add_row("top-1 float / quantized", f"{a['float_top1']:.2f} / {a['quant_top1']:.2f} %")

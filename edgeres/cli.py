@@ -268,6 +268,9 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
     ):
         if s.get(key) is not None:
             table.add_row(key, _fmt(s[key]))
+    if s.get("expected_agreement") is not None:
+        table.add_row("expected_agreement",
+                      f"{s['expected_agreement']:.1f} +- {s['agreement_sd']:.1f} (at this noise)")
     for key in ("tflm_arena_bytes", "arena_budget_bytes"):
         if key in result.manifest:
             table.add_row(key, _fmt(result.manifest[key]))

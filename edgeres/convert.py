@@ -464,9 +464,12 @@ def convert(
 
 def _check_floors(opts: ConvertOptions, metrics: dict) -> None:
     if opts.min_agreement is not None and metrics["top1_agreement"] < opts.min_agreement:
+        expected = metrics.get("expected_agreement")
+        note = (f" (expected at this noise level: {expected:.1f} +- "
+                f"{metrics['agreement_sd']:.1f}%)" if expected is not None else "")
         raise AccuracyFloorError(
             f"top-1 agreement {metrics['top1_agreement']:.2f}% is below --min-agreement "
-            f"{opts.min_agreement}%"
+            f"{opts.min_agreement}%{note}"
         )
     if opts.max_drop is not None and metrics.get("float_top1") is not None:
         drop = metrics["float_top1"] - metrics["quant_top1"]

@@ -10,7 +10,9 @@ with seed k: other crops of the same photos), exports the .tflite and runs it in
 (XNNPACK), scored on two protocols: edgeres' 260 views (top-1 on the 20 through the float
 resize pipeline) and the standard ten-crop views (200; top-1 on their 20 centre crops, uint8
 PIL resize, as ``evalbundle.py`` and apps compute it). A draw *passes* when agreement is
->= 97 % and the quantized top-1 on the 20 equals float's. Writes a table, JSON and a plot of
+>= 97 % and the quantized top-1 on the 20 equals float's. Each draw also gets the agreement
+expected at its noise level (``edgeres.check.expected_agreement``, what ``edgeres convert``
+reports), to compare with the spread of the counts. Writes a table, JSON and a plot of
 agreement against logits SQNR per draw.
 """
 
@@ -40,6 +42,7 @@ from benchlib import (  # noqa: E402
     write_json,
 )
 
+from edgeres.check import expected_agreement  # noqa: E402
 from edgeres.data.photos import photo_calibration_set  # noqa: E402
 from edgeres.data.preprocess import IMAGENET  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 lg = edgeres_litert(qm, x)
                 f = ref[proto]
                 row[f"{proto} agree"] = agreement(f, lg)
+                expected, sd = expected_agreement(f.numpy(), lg.numpy())
+                row[f"{proto} expected"] = f"{expected:.1f} +- {sd:.1f}"
+                row[f"{proto} expected_pct"] = expected
                 row[f"{proto} sqnr_db"] = sqnr(f, lg)
                 q1, f1 = top1(lg[single], y), top1(f[single], y)
                 row[f"{proto} top1 (float)"] = f"{q1:.0f} ({f1:.0f})"
@@ -128,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                 "agree mean": statistics.mean(agree),
                 "agree sd": statistics.stdev(agree) if len(agree) > 1 else 0.0,
                 "agree min..max": f"{min(agree):.1f}..{max(agree):.1f}",
+                "expected mean": statistics.mean(r[f"{proto} expected_pct"] for r in mine),
                 "sqnr mean": statistics.mean(r[f"{proto} sqnr_db"] for r in mine),
                 "draws passing": f"{sum(r[f'{proto} pass'] for r in mine)} of {len(mine)}",
             })
     print_table("MobileNetV2-1.0 int8 LiteRT file, one row per calibration draw", rows,
-                list(rows[0]))
+                [c for c in rows[0] if not c.endswith("_pct")])
     print_table("Summary over draws", summary, list(summary[0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out.with_suffix(".png"))

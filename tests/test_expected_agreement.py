@@ -1,0 +1,45 @@
+"""The expected-agreement estimate against brute force: many noisy draws of the same logits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeres.check import compare, expected_agreement
+
+
+def _logits_with_near_ties(rng: np.random.Generator, n: int = 400, classes: int = 10
+                           ) -> np.ndarray:
+    """Float logits whose top-1/top-2 margins run from ties to 4, the rest far below."""
+    f = rng.normal(-6.0, 1.0, size=(n, classes))
+    top, second = rng.choice(classes, size=2, replace=False)
+    f[:, top] = 5.0
+    f[:, second] = 5.0 - rng.exponential(1.0, size=n)
+    return f
+
+
+def test_matches_the_agreement_of_many_noisy_draws() -> None:
+    rng = np.random.default_rng(0)
+    f = _logits_with_near_ties(rng)
+    noise = 0.4  # per-logit sd: the top-2 difference has sd 0.4 * sqrt(2)
+    draws, predicted, sds = [], [], []
+    for _ in range(300):
+        q = f + rng.normal(0.0, noise, size=f.shape)
+        draws.append(100 * np.mean(q.argmax(1) == f.argmax(1)))
+        e, sd = expected_agreement(f, q)
+        predicted.append(e)
+        sds.append(sd)
+    assert 80 < np.mean(draws) < 95  # the set really has near ties
+    assert abs(np.mean(predicted) - np.mean(draws)) < 0.3  # points
+    assert abs(np.mean(sds) / np.std(draws) - 1) < 0.2
+    # one draw's estimate is far steadier than the count it estimates
+    assert np.std(predicted) < 0.5 * np.std(draws)
+
+
+def test_exact_copy_and_compare_fields() -> None:
+    rng = np.random.default_rng(1)
+    f = _logits_with_near_ties(rng, n=50)
+    assert expected_agreement(f, f.copy()) == (100.0, 0.0)
+    a = compare(f, f + rng.normal(0.0, 0.3, size=f.shape), labels=None)
+    assert a.expected_agreement is not None and 0 < a.agreement_sd < 10
+    one_output = compare(f[:, :1], f[:, :1] + 0.1, labels=None)
+    assert one_output.expected_agreement is None and one_output.agreement_sd is None
