@@ -57,9 +57,16 @@ def accuracy_plot(metrics: dict) -> str:
     bars = ax.bar(labels, values, color=["#888888", "#3b7dd8", "#2a9d5c"][: len(values)])
     for b, v in zip(bars, values, strict=True):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom")
+    if metrics.get("expected_agreement") is not None and "agreement" in labels:
+        b = bars[labels.index("agreement")]
+        ax.errorbar(b.get_x() + b.get_width() / 2, metrics["expected_agreement"],
+                    yerr=metrics["agreement_sd"], fmt="o", color="black", capsize=4,
+                    label="expected at this noise +- sd")
+        ax.legend(loc="upper left", fontsize=7)
     ax.set_ylim(max(0.0, min(values, default=0) - 10), 100.5)
     ax.set_ylabel("%")
     ax.set_title(f"{metrics.get('samples', '?')} samples")
+    fig.tight_layout()
     return _svg(fig)
 
 
