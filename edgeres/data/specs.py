@@ -73,8 +73,7 @@ class DataSpec:
         if kind not in KINDS:
             raise UserError(f"unknown data spec '{text}'. Known: fmnist:train, fmnist:test, "
                             "imagenet-samples, imagenet-agreement, imagenet-10crop, photos, "
-                            "folder:PATH, "
-                            "npz:PATH, synthetic (each optionally @N)")
+                            "folder:PATH, npz:PATH, synthetic (each optionally @N)")
         if kind in _NEEDS_ARG and not arg:
             raise UserError(f"data spec '{text}' needs an argument: {_NEEDS_ARG[kind]}")
         if kind not in _NEEDS_ARG and arg:
