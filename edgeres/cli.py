@@ -23,7 +23,6 @@ app = typer.Typer(
     help="Quantize residual mobile networks and ship them, checked, to devices.",
 )
 out = Console()
-err = Console(stderr=True)
 
 
 def _fmt(v: object) -> str:
@@ -198,7 +197,7 @@ def _run_convert(opts, as_json: bool) -> None:  # noqa: ANN001 - ConvertOptions
     else:
         _print_summary(result)
     if floor_error is not None:
-        err.print(f"edgeres: {floor_error}")
+        _fail(f"edgeres: {floor_error}")  # one line, as every other error
         raise typer.Exit(1)
 
 

@@ -196,7 +196,11 @@ def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
     )
     assert rc == 1
     out = capsys.readouterr()
-    assert json.loads(out.out)["samples"] == 50 and "--min-agreement" in out.err
+    metrics = json.loads(out.out)
+    assert metrics["samples"] == 50 and "--min-agreement" in out.err
+    # the gate's message gives the expected agreement, the one in report.json
+    assert f"expected at this noise level: {metrics['expected_agreement']:.1f}" in out.err
+    assert 0 <= metrics["agreement_sd"] < 5
 
 
 def test_targets_zoo_explain(capsys) -> None:
