@@ -108,6 +108,9 @@ class Agreement:
     quant_top1: float | None = None
     expected_agreement: float | None = None  # % under the measured noise; None: < 2 classes
     agreement_sd: float | None = None  # points: the spread of top1_agreement around it
+    centre_samples: int | None = None  # view sets: one standard centre crop per image
+    float_top1_centre: float | None = None  # % accuracy on those, the single-crop figure
+    quant_top1_centre: float | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -141,7 +144,9 @@ def expected_agreement(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]
     return 100.0 * (1.0 - float(p.mean())), 100.0 * math.sqrt(float((p * (1 - p)).sum())) / len(p)
 
 
-def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> Agreement:
+def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None,
+            centre: np.ndarray | None = None) -> Agreement:
+    """Float vs quantized logits; ``centre`` picks the single-crop rows of a view set."""
     agree = float(np.mean(ref.argmax(1) == test.argmax(1))) * 100
     res = Agreement(len(ref), agree, sqnr_db(ref, test))
     if ref.ndim == 2 and ref.shape[1] >= 2:
@@ -149,6 +154,10 @@ def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None) -> Agr
     if labels is not None:
         res.float_top1 = float(np.mean(ref.argmax(1) == labels)) * 100
         res.quant_top1 = float(np.mean(test.argmax(1) == labels)) * 100
+        if centre is not None and len(centre):
+            res.centre_samples = len(centre)
+            res.float_top1_centre = float(np.mean(ref[centre].argmax(1) == labels[centre])) * 100
+            res.quant_top1_centre = float(np.mean(test[centre].argmax(1) == labels[centre])) * 100
     return res
 
 
@@ -158,6 +167,7 @@ def evaluate(
     y: np.ndarray | None,
     runtime: str | None = None,
     batch: int = 256,
+    centre: np.ndarray | None = None,
 ) -> Agreement:
     """Float reference vs the bundle's model over ``x`` (float NCHW), in batches."""
     refs, tests = [], []
@@ -166,7 +176,7 @@ def evaluate(
         xb = x[i : i + batch]
         refs.append(run_float(bundle, xb))
         tests.append(decode_output(run_model(bundle, xb, runtime)[0], out_entry))
-    return compare(np.concatenate(refs), np.concatenate(tests), y)
+    return compare(np.concatenate(refs), np.concatenate(tests), y, centre)
 
 
 @dataclass

@@ -30,12 +30,13 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
         ds = load_spec(data, pre, chans, size)
         x = ds.x.numpy().astype(np.float32)
         y = ds.y.numpy() if ds.y is not None else None
+        centre = ds.centre
         report["data"] = ds.name
     else:
         with np.load(bundle.root / "golden" / "golden.npz", allow_pickle=False) as g:
-            x, y = g["x"], None
+            x, y, centre = g["x"], None, None
         report["data"] = "golden inputs"
-    report["agreement"] = evaluate(bundle, x, y, runtime).to_json()
+    report["agreement"] = evaluate(bundle, x, y, runtime, centre=centre).to_json()
     if layers:
         if bundle.model_file.suffix == ".tflite":
             report["layers"] = layer_report(bundle, x).to_json()
@@ -59,6 +60,9 @@ def print_check(report: dict, console: Console) -> None:
     t.add_row("logits SQNR", f"{a['sqnr_db']:.2f} dB")
     if a.get("float_top1") is not None:
         t.add_row("top-1 float / quantized", f"{a['float_top1']:.2f} / {a['quant_top1']:.2f} %")
+    if a.get("float_top1_centre") is not None:
+        t.add_row(f"top-1 on the {a['centre_samples']} centre crops, float / quantized",
+                  f"{a['float_top1_centre']:.2f} / {a['quant_top1_centre']:.2f} %")
     layers = report.get("layers", {})
     if "first_jump" in layers:
         jump = layers["first_jump"]

@@ -262,6 +262,8 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
         "samples",
         "float_top1",
         "quant_top1",
+        "float_top1_centre",
+        "quant_top1_centre",
         "top1_agreement",
         "sqnr_db",
     ):

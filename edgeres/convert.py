@@ -404,7 +404,7 @@ def convert(
             f"exported {model_file}; checking on {evalset.name} ({HOST_RUNTIME[target.runtime]})"
         )
         t2 = time.perf_counter()
-        metrics = evaluate(bundle, x_eval, y_eval).to_json()
+        metrics = evaluate(bundle, x_eval, y_eval, centre=evalset.centre).to_json()
         timings["check_s"] = time.perf_counter() - t2
         gx = x_eval[:GOLDEN_SAMPLES]
         raw = run_model(bundle, gx)[0]

@@ -123,6 +123,21 @@ def test_ten_crop_set_is_the_standard_protocol():
     ref = IMAGENET(images[3])[0]
     assert float((x[30] - ref).abs().mean()) < 0.02
 
+
+def test_view_sets_mark_their_centre_crops():
+    """``DataSet.centre`` finds each image's standard single crop, in full sets and subsets."""
+    ten = load_spec("imagenet-10crop", IMAGENET, 3, 224)
+    assert ten.centre.tolist() == list(range(0, 200, 10))
+    views = load_spec("imagenet-agreement", IMAGENET, 3, 224)
+    samples = load_spec("imagenet-samples", IMAGENET, 3, 224)
+    assert len(views.centre) == 20 and samples.centre is None
+    # the agreement set's centre view is the standard resize-256 / crop-224 pipeline
+    torch.testing.assert_close(views.x[views.centre], samples.x, rtol=0, atol=1e-5)
+    part = load_spec("imagenet-10crop@50", IMAGENET, 3, 224)
+    full_rows = {tuple(r[0, 100, 100:104].tolist()) for r in ten.x[ten.centre]}
+    assert all(tuple(r[0, 100, 100:104].tolist()) in full_rows for r in part.x[part.centre])
+    assert 0 < len(part.centre) < 20
+
 def test_mobilenet_v2_top1_on_imagenet_samples():
     """Real pretrained weights on real labelled images (measured: 19/20)."""
     from edgeres.data.imagenet import load_imagenet_samples

@@ -43,3 +43,15 @@ def test_exact_copy_and_compare_fields() -> None:
     assert a.expected_agreement is not None and 0 < a.agreement_sd < 10
     one_output = compare(f[:, :1], f[:, :1] + 0.1, labels=None)
     assert one_output.expected_agreement is None and one_output.agreement_sd is None
+
+
+def test_centre_crop_top1() -> None:
+    """Labels built so that float gets 4 of 5 centre crops and the quantized model 3 of 5."""
+    f = np.tile(np.eye(3)[[0, 1, 2, 0, 1]], (2, 1))  # rows 0-4 centre crops, 5-9 other views
+    q = f.copy()
+    q[2] = [0.0, 0.0, 0.9]
+    q[3] = [0.0, 1.0, 0.0]  # a centre crop flips
+    labels = np.array([0, 1, 1, 0, 1, 2, 2, 2, 2, 2])  # row 2's label is wrong for both
+    a = compare(f, q, labels, centre=np.arange(5))
+    assert (a.centre_samples, a.float_top1_centre, a.quant_top1_centre) == (5, 80.0, 60.0)
+    assert compare(f, q, labels).float_top1_centre is None

@@ -33,6 +33,11 @@ _SAMPLE_RE = re.compile(r"imagenet_(\d+)_(\d+)\.jpg$")
 AGREEMENT_SCALES = (1.0, 8 / 7, 9 / 7, 10 / 7)
 AGREEMENT_CORNER_SCALE = 8 / 7
 
+# (views per image, index of the standard single centre crop among them) of each view set:
+# the agreement set's 8/7 centre view, the ten-crop's first view.
+SINGLE_CROP = {"imagenet-agreement": (2 * len(AGREEMENT_SCALES) + 4, 2),
+               "imagenet-10crop": (10, 0)}
+
 
 def foolbox_data_dir() -> Path:
     """The ``foolbox/data`` folder, found without importing foolbox."""

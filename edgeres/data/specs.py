@@ -90,11 +90,13 @@ class DataSpec:
 @dataclass(frozen=True)
 class DataSet:
     """Model inputs (float NCHW, already preprocessed), labels or None, and where they came
-    from (the spec text)."""
+    from (the spec text). ``centre``: for sets of views of a few images, the positions of each
+    image's standard single centre crop (top-1 on those is the usual single-crop figure)."""
 
     x: torch.Tensor
     y: torch.Tensor | None
     name: str
+    centre: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -132,6 +134,7 @@ def _fmnist(split: str, idx_count: int | None, seed: int, preprocess: Preprocess
 def _imagenet(kind: str, count: int | None, seed: int, preprocess: Preprocess,
               in_chans: int, img_size: int | None, where: str):
     from edgeres.data.imagenet import (
+        SINGLE_CROP,
         imagenet_agreement_set,
         imagenet_ten_crop_set,
         load_imagenet_samples,
@@ -146,8 +149,12 @@ def _imagenet(kind: str, count: int | None, seed: int, preprocess: Preprocess,
     else:
         images, labels = load_imagenet_samples()
         x, y = torch.cat([preprocess(im) for im in images]), torch.from_numpy(labels)
-    idx = torch.from_numpy(subset_indices(len(x), count, seed, where))
-    return x[idx], y[idx]
+    idx = subset_indices(len(x), count, seed, where)
+    centre = None
+    if kind in SINGLE_CROP:
+        per_image, at = SINGLE_CROP[kind]
+        centre = np.nonzero(idx % per_image == at)[0]  # positions within the subset
+    return x[torch.from_numpy(idx)], y[torch.from_numpy(idx)], centre
 
 
 def load_spec(
@@ -178,10 +185,12 @@ def load_spec(
         raise UserError(f"data spec '{parsed}': the count must be at least 1, got {count}")
     where = str(parsed)
     y = None
+    centre = None
     if parsed.kind == "fmnist":
         x, y = _fmnist(parsed.arg, count, seed, preprocess, in_chans, img_size, where)
     elif parsed.kind in IMAGENET_KINDS:
-        x, y = _imagenet(parsed.kind, count, seed, preprocess, in_chans, img_size, where)
+        x, y, centre = _imagenet(parsed.kind, count, seed, preprocess, in_chans, img_size,
+                                 where)
     elif parsed.kind == "photos":
         from edgeres.data.photos import photo_calibration_set
 
@@ -209,4 +218,4 @@ def load_spec(
     check_batch(x, f"data spec '{where}'", in_chans, img_size)
     if y is not None:
         y = check_labels(y, x.shape[0], f"data spec '{where}'")
-    return DataSet(x.contiguous(), y, where)
+    return DataSet(x.contiguous(), y, where, centre)
