@@ -131,13 +131,21 @@ def expected_agreement(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]
     mean agreement within 0.5 points and their spread (BENCHMARKS.md, session 6). Written
     here because it is a few lines of arithmetic on the two logit arrays.
     """
+    margin, d = top2_margin_and_error(ref, test)
+    return agreement_at_noise(margin, float(np.sqrt(np.mean(d**2))))
+
+
+def top2_margin_and_error(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per input: the float top-1 minus top-2 logit, and the error ``test`` adds to it."""
     rows = np.arange(len(ref))
     order = np.argsort(-ref, axis=1)[:, :2]
     top, second = order[:, 0], order[:, 1]
-    margin = ref[rows, top] - ref[rows, second]
     err = test - ref
-    d = err[rows, top] - err[rows, second]
-    sigma = float(np.sqrt(np.mean(d**2)))
+    return ref[rows, top] - ref[rows, second], err[rows, top] - err[rows, second]
+
+
+def agreement_at_noise(margin: np.ndarray, sigma: float) -> tuple[float, float]:
+    """Expected agreement (%) and one count's sd when the margins get N(0, sigma^2) errors."""
     if sigma == 0.0:
         return 100.0, 0.0
     p = np.array([0.5 * math.erfc(m / (sigma * math.sqrt(2.0))) for m in margin])

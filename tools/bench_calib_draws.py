@@ -12,7 +12,8 @@ resize pipeline) and the standard ten-crop views (200; top-1 on their 20 centre 
 PIL resize, as ``evalbundle.py`` and apps compute it). A draw *passes* when agreement is
 >= 97 % and the quantized top-1 on the 20 equals float's. Each draw also gets the agreement
 expected at its noise level (``edgeres.check.expected_agreement``, what ``edgeres convert``
-reports), to compare with the spread of the counts. Writes a table, JSON and a plot of
+reports), to compare with the spread of the counts, and the sd of its top-1/top-2 logit
+error (sigma) next to the sigma at which 97 % would be expected. Writes a table, JSON and a plot of
 agreement against logits SQNR per draw.
 """
 
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import track
 
@@ -42,7 +44,11 @@ from benchlib import (  # noqa: E402
     write_json,
 )
 
-from edgeres.check import expected_agreement  # noqa: E402
+from edgeres.check import (  # noqa: E402
+    agreement_at_noise,
+    expected_agreement,
+    top2_margin_and_error,
+)
 from edgeres.data.photos import photo_calibration_set  # noqa: E402
 from edgeres.data.preprocess import IMAGENET  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
@@ -53,6 +59,15 @@ from edgeres.targets import load_target  # noqa: E402
 from edgeres.zoo import create_model  # noqa: E402
 
 GOAL_AGREEMENT = 97.0
+
+
+def sigma_for(margin: np.ndarray, goal: float) -> float:
+    """The error sd at which ``agreement_at_noise`` expects ``goal`` % (bisection)."""
+    lo, hi = 1e-4, 10.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if agreement_at_noise(margin, mid)[0] > goal else (lo, mid)
+    return lo
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -104,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     graph = capture(create_model("mobilenet_v2_100", pretrained=True), s20.x[:1])
     ref = {k: batched_logits(lambda b: run_graph(graph, b)[graph.outputs[0]], x, batch=20)
            for k, (x, _, _) in protocols.items()}
+    # the top-1/top-2 logit error sd at which the expected agreement is the goal
+    needed = {k: sigma_for(top2_margin_and_error(f.numpy(), f.numpy())[0], GOAL_AGREEMENT)
+              for k, f in ref.items()}
     rows = []
     for seed in track(range(args.draws), description="calibration draws"):
         calib = photo_calibration_set(IMAGENET, n=128, seed=seed)
@@ -118,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 expected, sd = expected_agreement(f.numpy(), lg.numpy())
                 row[f"{proto} expected"] = f"{expected:.1f} +- {sd:.1f}"
                 row[f"{proto} expected_pct"] = expected
+                _, d = top2_margin_and_error(f.numpy(), lg.numpy())
+                row[f"{proto} sigma"] = float(np.sqrt(np.mean(d**2)))
                 row[f"{proto} sqnr_db"] = sqnr(f, lg)
                 q1, f1 = top1(lg[single], y), top1(f[single], y)
                 row[f"{proto} top1 (float)"] = f"{q1:.0f} ({f1:.0f})"
@@ -136,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
                 "agree min..max": f"{min(agree):.1f}..{max(agree):.1f}",
                 "expected mean": statistics.mean(r[f"{proto} expected_pct"] for r in mine),
                 "sqnr mean": statistics.mean(r[f"{proto} sqnr_db"] for r in mine),
+                "sigma mean": statistics.mean(r[f"{proto} sigma"] for r in mine),
+                f"sigma for {GOAL_AGREEMENT:.0f} % expected": needed[proto],
                 "draws passing": f"{sum(r[f'{proto} pass'] for r in mine)} of {len(mine)}",
             })
     print_table("MobileNetV2-1.0 int8 LiteRT file, one row per calibration draw", rows,
-                [c for c in rows[0] if not c.endswith("_pct")])
+                [c for c in rows[0] if not c.endswith(("_pct", "sigma"))])
     print_table("Summary over draws", summary, list(summary[0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out.with_suffix(".png"))
