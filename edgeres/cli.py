@@ -144,6 +144,10 @@ def convert(
     reconstruct: Annotated[
         int, typer.Option(help="PTQ: block reconstruction (BRECQ+QDrop), steps per block (0: off)")
     ] = 0,
+    output_bias: Annotated[
+        bool, typer.Option("--output-bias",
+                           help="PTQ: take the mean logit error out of the output layer's bias")
+    ] = False,
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
     rex_budget: Annotated[
@@ -176,6 +180,7 @@ def convert(
         bench=bench,
         smooth_alpha=smooth,
         reconstruct_iters=reconstruct,
+        output_bias_correction=output_bias,
     )
     _run_convert(opts, as_json)
 

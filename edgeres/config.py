@@ -77,6 +77,7 @@ class PTQConfig(_JsonConfig):
     output_headroom: float = 1.5  # model outputs: min-max range x this, never clipped
     smooth_alpha: float = 0.0  # > 0: move activation channel outliers into weights (SmoothQuant)
     reconstruct_iters: int = 0  # > 0: block reconstruction (BRECQ + QDrop), steps per block
+    output_bias_correction: bool = False  # output layer's bias minus the mean logit error
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):

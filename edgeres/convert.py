@@ -65,6 +65,7 @@ class ConvertOptions:
     threads: tuple[int, ...] = (1, 2)
     smooth_alpha: float = 0.0  # PTQ: activation smoothing (edgeres.graph.smooth), 0 = off
     reconstruct_iters: int = 0  # PTQ: block reconstruction steps per block (BRECQ + QDrop), 0 = off
+    output_bias_correction: bool = False  # PTQ / REx: output bias minus the mean logit error
 
     def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
         if not 0.0 <= self.smooth_alpha < 1.0:
@@ -123,7 +124,8 @@ def _quantize(
     wbits, abits = parse_bits(opts.bits)
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore),
                     adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha,
-                    reconstruct_iters=opts.reconstruct_iters)
+                    reconstruct_iters=opts.reconstruct_iters,
+                    output_bias_correction=opts.output_bias_correction)
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     rex = RExConfig(
@@ -437,7 +439,8 @@ def convert(
                 **{k: v for k, v in extras.items() if not isinstance(v, dict)},
             },
             "plan": qmodel.meta.get("plan", {}),
-            **{k: qmodel.meta[k] for k in ("config", "smooth", "reconstruct")
+            **{k: qmodel.meta[k]
+               for k in ("config", "smooth", "reconstruct", "output_bias_correction")
                if k in qmodel.meta},
             "export": info,
             "ops": manifest["ops"],

@@ -159,6 +159,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
          lambda r: any("add" in "".join(d["domain"]) for d in r["smoothed"])),
         ("--reconstruct", "20", "reconstruct_iters", "reconstruct",
          lambda r: r["blocks"][0].startswith("features.0")),
+        ("--output-bias", None, "output_bias_correction", "output_bias_correction",
+         lambda r: r["layer"] == "classifier.1" and r["max_abs_shift"] > 0),
     ],
 )
 def test_ptq_options_give_a_bundle_that_checks_and_says_what_it_did(
@@ -166,12 +168,12 @@ def test_ptq_options_give_a_bundle_that_checks_and_says_what_it_did(
 ) -> None:
     out = tmp_path / section
     argv = ["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out", str(out), "--calib",
-            "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench", flag, value,
-            "--min-agreement", "97", "--json"]
+            "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench", flag,
+            *([value] if value is not None else []), "--min-agreement", "97", "--json"]
     assert main(argv) == 0
     assert main(["check", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert str(report["config"][field]) == value
+    assert str(report["config"][field]) == (value if value is not None else "True")
     assert says(report[section])
 
 

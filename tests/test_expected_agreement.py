@@ -35,6 +35,26 @@ def test_matches_the_agreement_of_many_noisy_draws() -> None:
     assert np.std(predicted) < 0.5 * np.std(draws)
 
 
+def test_follows_noise_that_grows_on_uncertain_inputs() -> None:
+    """Error sd 0.6 on near ties, 0.05 on confident inputs (as trained classifiers show):
+    the local estimate tracks brute force where one pooled variance is optimistic."""
+    from edgeres.check import agreement_at_noise, top2_margin_and_error
+
+    rng = np.random.default_rng(2)
+    f = _logits_with_near_ties(rng, n=1000)
+    margin, _ = top2_margin_and_error(f, f)
+    sd = np.where(margin < 1.0, 0.6, 0.05)[:, None] / np.sqrt(2)  # per-logit sd
+    draws, local, pooled = [], [], []
+    for _ in range(200):
+        q = f + rng.normal(0.0, 1.0, size=f.shape) * sd
+        draws.append(100 * np.mean(q.argmax(1) == f.argmax(1)))
+        local.append(expected_agreement(f, q)[0])
+        _, d = top2_margin_and_error(f, q)
+        pooled.append(agreement_at_noise(margin, float(np.sqrt(np.mean(d**2))))[0])
+    assert abs(np.mean(local) - np.mean(draws)) < 0.5
+    assert np.mean(pooled) - np.mean(draws) > 1.0  # why the estimate is local
+
+
 def test_exact_copy_and_compare_fields() -> None:
     rng = np.random.default_rng(1)
     f = _logits_with_near_ties(rng, n=50)

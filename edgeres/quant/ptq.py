@@ -198,6 +198,9 @@ def quantize_graph(
         act_qp, weights = rq.act_qparams, rq.weights
         recon_report = {"iters": cfg.reconstruct_iters, "blocks": rq.meta["blocks"],
                         "seconds": round(time.perf_counter() - t0, 3)}
+    output_bias = None
+    if cfg.output_bias_correction:
+        output_bias = correct_output_bias(QModel(graph, act_qp, weights), calib, cfg.calib_batch)
     meta = {
         "plan": plan.to_json(),
         "config": cfg.to_json(),
@@ -205,11 +208,50 @@ def quantize_graph(
         "calibration_samples": int(calib.shape[0]),
         **({"smooth": smooth_report.to_json()} if smooth_report else {}),
         **({"reconstruct": recon_report} if recon_report else {}),
+        **({"output_bias_correction": output_bias} if output_bias else {}),
         "quantize_seconds": round(time.perf_counter() - started, 3),
     }
     qm = QModel(graph, act_qp, weights, scheme="ptq", meta=meta)
     qm.plan = plan  # type: ignore[attr-defined]
     return qm
+
+
+def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
+    """Take the mean logit error of the whole integer network out of the classifier's bias.
+
+    Activation rounding and clipping shift some logits on average (MobileNetV2-1.0: the
+    per-class mean error measured on photo crops correlates 0.75-0.8 with the one on ImageNet
+    views), and a class whose logit sits too high wins near ties it should lose. Subtracting
+    that mean, measured on the calibration data, from the int32 bias of the layer that writes
+    the model's output costs nothing at run time. Per-layer empirical bias correction (Nagel
+    et al.) is the general form; it overfitted the photo set (BENCHMARKS.md), so only the
+    output layer, whose error is the one that decides, is corrected. Edits ``qm.weights``;
+    returns what it did, or None when the output is not written by a conv / linear.
+    """
+    graph = qm.graph
+    if len(graph.outputs) != 1:
+        return None
+    node = next((n for n in graph.nodes if n.output == graph.outputs[0]), None)
+    if node is None or node.name not in qm.weights or node.op not in ("linear", "conv2d"):
+        return None
+    qw = qm.weights[node.name]
+    if qw.bias_codes is None or qw.bias_qparams is None:
+        return None
+    total, count = 0.0, 0
+    params = qm.param_overrides()
+    for xb in _batches(calib, batch):  # float32 suffices for a mean (and is 3x faster here)
+        sim = run_graph(graph, xb, qm.act_qparams, params, dtype=torch.float32)
+        err = sim[graph.outputs[0]] - run_graph(graph, xb, dtype=torch.float32)[graph.outputs[0]]
+        per_channel = err.to(torch.float64).transpose(0, 1).reshape(err.shape[1], -1)
+        total, count = total + per_channel.sum(dim=1), count + per_channel.shape[1]
+    mean_err = (total / count).numpy()  # per output channel (over samples and positions)
+    step = np.broadcast_to(qw.bias_qparams.scale.astype(np.float64), mean_err.shape)
+    shift = np.round(mean_err / step).astype(np.int64)
+    codes = np.clip(qw.bias_codes.astype(np.int64) - shift, -(2**31), 2**31 - 1)
+    qm.weights[node.name] = QuantWeight(qw.codes, qw.qparams, codes.astype(np.int32),
+                                        qw.bias_qparams)
+    return {"layer": node.name, "mean_abs_shift": round(float(np.abs(mean_err).mean()), 5),
+            "max_abs_shift": round(float(np.abs(mean_err).max()), 5)}
 
 
 def quantize(
