@@ -5,6 +5,7 @@
     python tools/bench_ptq.py --part timing            # PTQ wall time + peak RSS, 128 images
     python tools/bench_ptq.py --part imagenet --smooth 0.5   # + activation smoothing rows
     python tools/bench_ptq.py --part fmnist --reconstruct 200  # + block reconstruction rows
+    python tools/bench_ptq.py --part fmnist --smooth 0.5 --output-bias  # + output bias rows
 
 Every row of a part is measured in one run on the same data. Quantized accuracy is the
 integer simulation (QModel.simulate); `litert` / `ort` columns run the exported file.
@@ -43,6 +44,7 @@ from benchlib import (  # noqa: E402
     write_json,
 )
 
+from edgeres.check import expected_agreement  # noqa: E402
 from edgeres.config import PTQConfig  # noqa: E402
 from edgeres.graph.capture import capture  # noqa: E402
 from edgeres.quant.ptq import quantize_graph  # noqa: E402
@@ -121,10 +123,11 @@ def edgeres_litert(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         )
 
 
-def edgeres_runs(smooth: float | None, recon: int | None = None
+def edgeres_runs(smooth: float | None, recon: int | None = None, output_bias: bool = False
                  ) -> list[tuple[str, str, PTQConfig]]:
     """(target, row label, config) of every edgeres row; ``smooth`` adds smoothed rows,
-    ``recon`` block-reconstructed ones (with and without smoothing)."""
+    ``recon`` block-reconstructed ones (with and without smoothing), ``output_bias`` rows with
+    output bias correction (alone, and with smoothing when asked)."""
     runs = [
         ("arm-cpu-tflite", "edgeres int8 per-channel", PTQConfig()),
         ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)", PTQConfig()),
@@ -143,12 +146,19 @@ def edgeres_runs(smooth: float | None, recon: int | None = None
                           PTQConfig(reconstruct_iters=recon, smooth_alpha=smooth)))
         k = 2 if smooth else 1
         runs[k:k] = extra
+    if output_bias:
+        runs.insert(1, ("arm-cpu-tflite", "edgeres int8 per-channel, output bias",
+                        PTQConfig(output_bias_correction=True)))
+        if smooth:
+            runs.insert(2, ("arm-cpu-tflite", f"edgeres int8 per-channel, smooth {smooth} + "
+                            "output bias",
+                            PTQConfig(smooth_alpha=smooth, output_bias_correction=True)))
     return runs
 
 
 def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  # noqa: ANN001
              smooth: float | None = None, recon: int | None = None,
-             recon_calib: torch.Tensor | None = None) -> list[dict]:
+             recon_calib: torch.Tensor | None = None, output_bias: bool = False) -> list[dict]:
     ref = {
         s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x) for s in sets
     }
@@ -164,13 +174,14 @@ def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  #
                 "agree": agreement(ref[s.name], lg),
                 "sqnr_db": sqnr(ref[s.name], lg),
                 "sqnr_c_db": sqnr_centred(ref[s.name], lg),
+                "expected": expected_agreement(ref[s.name].numpy(), lg.numpy())[0],
             }
             if s.y is not None:
                 row["top1"] = top1(lg, s.y)
             rows.append({**row, **extra})
 
     add("float", ref)
-    for target, label, cfg in edgeres_runs(smooth, recon):
+    for target, label, cfg in edgeres_runs(smooth, recon, output_bias):
         t0 = time.perf_counter()
         data = recon_calib if cfg.reconstruct_iters and recon_calib is not None else calib
         qm = quantize_graph(graph, cfg, load_target(target), data)
@@ -209,7 +220,7 @@ def part_fmnist(args: argparse.Namespace) -> list[dict]:
         calib = fmnist_calib(model, 512)
         graph = capture(net, calib[:1])
         rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True, args.smooth,
-                         args.reconstruct)
+                         args.reconstruct, output_bias=args.output_bias)
     return rows
 
 
@@ -225,7 +236,7 @@ def part_imagenet(args: argparse.Namespace) -> list[dict]:
         recon_calib = photo_calibration_set(IMAGENET, n=args.recon_calib, seed=0)
     ten, centres = imagenet_ten_crop()
     return rows_for("mobilenet_v2_100", graph, calib, [s20, crops, centres, ten], not args.fast,
-                    args.smooth, args.reconstruct, recon_calib)
+                    args.smooth, args.reconstruct, recon_calib, args.output_bias)
 
 
 TIMING_SNIPPET = """
@@ -279,7 +290,12 @@ def main() -> None:
                     help="also run edgeres with block reconstruction, STEPS per block")
     ap.add_argument("--recon-calib", type=int, default=None, metavar="N",
                     help="imagenet: reconstruction rows calibrate on N photo crops (default 128)")
+    ap.add_argument("--output-bias", action="store_true",
+                    help="also run edgeres with PTQConfig(output_bias_correction=True)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](
         args
     )
