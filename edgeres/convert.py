@@ -65,7 +65,7 @@ class ConvertOptions:
     threads: tuple[int, ...] = (1, 2)
     smooth_alpha: float = 0.0  # PTQ: activation smoothing (edgeres.graph.smooth), 0 = off
     reconstruct_iters: int = 0  # PTQ: block reconstruction steps per block (BRECQ + QDrop), 0 = off
-    output_bias_correction: bool = False  # PTQ / REx: output bias minus the mean logit error
+    output_bias_correction: bool = False  # PTQ: output bias minus the mean logit error
 
     def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
         if not 0.0 <= self.smooth_alpha < 1.0:
@@ -77,6 +77,9 @@ class ConvertOptions:
                             f"{self.reconstruct_iters}")
         if self.reconstruct_iters and self.scheme != "ptq":
             raise UserError(f"--reconstruct applies to --scheme ptq only, not '{self.scheme}'")
+        if self.output_bias_correction and self.scheme != "ptq":
+            raise UserError(f"--output-bias applies to --scheme ptq only, not '{self.scheme}' "
+                            "(REx expands the output layer; QAT learns its bias)")
         if self.reconstruct_iters and self.adaround_iters:
             raise UserError("--reconstruct already learns the weight rounding: drop --adaround")
 

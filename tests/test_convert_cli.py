@@ -144,6 +144,8 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
          "already learns the weight rounding"),
         (["convert", "mobilenet_v2_fmnist", "--scheme", "qat", "--reconstruct", "5"],
          "--reconstruct applies to --scheme ptq only"),
+        (["convert", "mobilenet_v2_fmnist", "--scheme", "rex", "--output-bias"],
+         "--output-bias applies to --scheme ptq only"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
