@@ -10,7 +10,7 @@
 Every row of a part is measured in one run on the same data. Quantized accuracy is the
 integer simulation (QModel.simulate); `litert` / `ort` columns run the exported file.
 `sqnr_db` is against the float logits' power, `sqnr_c_db` against their power about each
-row's mean (what `edgeres check` and app-side evaluators print). The ImageNet part also
+row's mean (what `evalbundle.py` prints). The ImageNet part also
 scores the standard ten-crop views (200) and their 20 plain centre crops.
 """
 

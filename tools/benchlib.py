@@ -95,8 +95,9 @@ def sqnr(ref: torch.Tensor, test: torch.Tensor) -> float:
 
 
 def sqnr_centred(ref: torch.Tensor, test: torch.Tensor) -> float:
-    """SQNR against the float logits minus each row's mean (as ``edgeres check`` and app-side
-    evaluators report it: a constant offset of all logits carries no information)."""
+    """SQNR against the float logits minus each row's mean (as ``evalbundle.py`` reports it:
+    a constant offset of all logits carries no information). ``edgeres check`` and
+    :func:`sqnr` use the plain power; for ImageNet MobileNetV2 the two agree to 0.01 dB."""
     ref = ref.to(torch.float64)
     noise = float(((ref - test) ** 2).sum())
     signal = float(((ref - ref.mean(1, keepdim=True)) ** 2).sum())

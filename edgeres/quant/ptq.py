@@ -239,7 +239,7 @@ def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
         return None
     total, count = 0.0, 0
     params = qm.param_overrides()
-    for xb in _batches(calib, batch):  # float32 suffices for a mean (and is 3x faster here)
+    for xb in _batches(calib, batch):  # float32, as calibration runs: enough for a mean
         sim = run_graph(graph, xb, qm.act_qparams, params, dtype=torch.float32)
         err = sim[graph.outputs[0]] - run_graph(graph, xb, dtype=torch.float32)[graph.outputs[0]]
         per_channel = err.to(torch.float64).transpose(0, 1).reshape(err.shape[1], -1)
