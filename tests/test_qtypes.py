@@ -76,3 +76,43 @@ def test_qparams_validation() -> None:
         QParams(QSpec(8, True), np.float32(1.0), np.int64(200))
     qp = QParams(QSpec(8, True), np.float32(0.5), np.int64(3))
     assert QParams.from_json(qp.to_json()) == qp
+
+
+def _numpy_fake_quant(x: np.ndarray, qp: QParams, axis: int | None) -> np.ndarray:
+    """ONNX QuantizeLinear then DequantizeLinear, written in numpy (float32 division,
+    round half to even, saturate; dequantize exactly in float64): the reference."""
+    shape = [1] * x.ndim
+    if axis is not None:
+        shape[axis] = -1
+    scale = qp.scale.reshape(shape)
+    zp = qp.zero_point.reshape(shape)
+    q = np.clip(np.rint(x.astype(np.float32) / scale) + zp, qp.spec.qmin, qp.spec.qmax)
+    return (q.astype(np.int64) - zp).astype(np.float64) * scale.astype(np.float64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=specs, per_channel=st.booleans(), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 999))
+def test_fake_quantize_matches_quantize_dequantize_reference(
+    spec: QSpec, per_channel: bool, dtype: str, seed: int
+) -> None:
+    """The float32 fast path gives the reference's numbers to the bit, in either dtype."""
+    rng = np.random.default_rng(seed)
+    axis = 1 if per_channel else None
+    qspec = QSpec(spec.bits, spec.signed, spec.symmetric, axis, spec.narrow_range)
+    n = 5 if per_channel else ()
+    scale = rng.uniform(1e-3, 0.5, n).astype(np.float32)
+    # half-steps and their float32 neighbours: where float32 and float64 division round apart
+    ties = (rng.integers(-40, 40, (4, 5, 3, 3)) + 0.5) * np.broadcast_to(
+        scale.reshape(-1, 1, 1) if per_channel else scale, (5, 3, 3))
+    ties = ties.astype(np.float32)
+    nudged = np.nextafter(ties, ties + rng.choice([-1.0, 1.0], ties.shape).astype(np.float32))
+    noise = rng.standard_normal((4, 5, 3, 3)) * rng.uniform(0.01, 50)
+    x = np.concatenate([noise, ties, nudged]).astype(dtype)
+    zp = (np.zeros(n, np.int64) if spec.symmetric
+          else rng.integers(spec.qmin, spec.qmax + 1, n).astype(np.int64))
+    qp = QParams(qspec, scale, zp)
+    got = qp.fake_quantize(torch.from_numpy(x))
+    want = _numpy_fake_quant(x, qp, axis).astype(dtype)  # float32: the one rounding of a runtime
+    assert got.dtype == torch.from_numpy(x).dtype
+    np.testing.assert_array_equal(got.numpy(), want)
