@@ -82,6 +82,12 @@ class ConvertOptions:
                             "(REx expands the output layer; QAT learns its bias)")
         if self.reconstruct_iters and self.adaround_iters:
             raise UserError("--reconstruct already learns the weight rounding: drop --adaround")
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 100.0:
+            raise UserError(f"--min-agreement is a percentage in [0, 100], got "
+                            f"{self.min_agreement}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise UserError(f"--max-drop is the largest top-1 loss in points allowed, >= 0; "
+                            f"got {self.max_drop}")
 
 
 @dataclass

@@ -8,12 +8,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from edgeres.data.fmnist import FMNIST_LABELS
 from edgeres.data.preprocess import IMAGENET, Preprocess
-from edgeres.errors import UserError
+from edgeres.errors import UserError, load_torch_file
 from edgeres.zoo import create_model, get_entry, list_models
 
 
@@ -67,10 +66,8 @@ def _state_signature(state: dict) -> dict[str, tuple[int, ...]]:
 
 
 def _from_checkpoint(path: Path) -> ResolvedModel:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read checkpoint '{path}': {exc}") from exc
+    obj = load_torch_file(path, "checkpoint",
+                          "save the weights with torch.save(model.state_dict(), path)")
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint '{path}' holds no state_dict")
     name = obj.get("model") if isinstance(obj.get("model"), str) else None

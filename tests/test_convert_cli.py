@@ -146,12 +146,26 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
          "--reconstruct applies to --scheme ptq only"),
         (["convert", "mobilenet_v2_fmnist", "--scheme", "rex", "--output-bias"],
          "--output-bias applies to --scheme ptq only"),
+        (["convert", "mobilenet_v2_fmnist", "--calib", "fmnist:train@-3"],
+         "the count after @ must be a whole number"),
+        (["convert", "mobilenet_v2_fmnist", "--min-agreement", "150"],
+         "--min-agreement is a percentage"),
+        (["convert", "mobilenet_v2_fmnist", "--max-drop", "-1"], "--max-drop is the largest"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path, capsys) -> None:
+    """torch.load's refusal (a dozen lines of pickling advice) becomes one line naming the file."""
+    bad = tmp_path / "not_a_checkpoint.pth"
+    bad.write_bytes(b"garbage, not a torch.save archive")
+    assert main(["convert", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read checkpoint" in err and str(bad) in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize(

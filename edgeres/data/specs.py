@@ -48,7 +48,7 @@ KINDS = ("fmnist", *IMAGENET_KINDS, "photos", "folder", "npz", "synthetic")
 _NEEDS_ARG = {"fmnist": "fmnist:train or fmnist:test", "folder": "folder:PATH",
               "npz": "npz:PATH"}
 DEFAULT_COUNT = {"photos": 128, "synthetic": 32}
-_COUNT_RE = re.compile(r"^(.*)@(\d+)$")
+_COUNT_RE = re.compile(r"^(.*)@([-+]?[\d.]*)$")  # "@5", and "@-3" / "@" to refuse
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,11 @@ class DataSpec:
         count = None
         match = _COUNT_RE.match(text)
         if match:
-            text, count = match.group(1), int(match.group(2))
-            if count < 1:
-                raise UserError(f"data spec '{text}@{count}': the count must be at least 1")
+            text, n = match.group(1), match.group(2).strip()
+            if not n.isdigit() or int(n) < 1:
+                raise UserError(f"data spec '{text}@{n}': the count after @ must be a whole "
+                                "number of at least 1")
+            count = int(n)
         kind, _, arg = text.partition(":")
         kind = kind.strip().lower()
         if kind not in KINDS:
