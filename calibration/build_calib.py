@@ -13,6 +13,7 @@ atomically and is byte-identical for the same inputs. Feed it back with ``npz:PA
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -94,7 +95,7 @@ def main(
     try:
         build(model, spec, out, n=n, seed=seed, weights=weights, progress=not quiet)
     except UserError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)  # one line, unwrapped
         raise typer.Exit(2) from exc
 
 

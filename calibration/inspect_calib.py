@@ -13,6 +13,7 @@ input scale. Both show up here before any quantization runs.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +207,7 @@ def main(
     try:
         inspect(model, npz, png, weights, batch, top)
     except UserError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print(f"{Path(__file__).name}: error: {exc}", file=sys.stderr)  # one line, unwrapped
         raise typer.Exit(2) from exc
 
 

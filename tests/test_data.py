@@ -292,6 +292,18 @@ def test_npz_errors_name_the_file(tmp_path, arrays, message):
     assert "bad.npz" in str(info.value)
 
 
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes(b"not a zip"), "is not an .npz archive"),
+    (lambda p: np.savez(p, x=np.array([{"a": 1}], dtype=object)), "not Python objects"),
+])
+def test_unreadable_npz_is_named_not_unpickled(tmp_path, write, message):
+    """np.load would offer to unpickle these; the message says what to write instead."""
+    write(tmp_path / "bad.npz")
+    with pytest.raises(UserError, match=message) as info:
+        load_npz(tmp_path / "bad.npz", GREY, 1, 28)
+    assert "bad.npz" in str(info.value) and "\n" not in str(info.value)
+
+
 # --- specs ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, parsed", [
@@ -309,6 +321,7 @@ def test_spec_parse(text, parsed):
 @pytest.mark.parametrize("text, message", [
     ("mnist", "unknown data spec"), ("fmnist", "needs an argument"),
     ("fmnist:val", "'train' or 'test'"), ("photos:x", "takes no"), ("photos@0", "at least 1"),
+    ("photos@-3", "whole number"), ("photos@1.5", "whole number"),
 ])
 def test_spec_parse_errors(text, message):
     with pytest.raises(UserError, match=message):

@@ -161,11 +161,17 @@ def load_npz(
     path = Path(path)
     if not path.is_file():
         raise UserError(f"npz file {path} does not exist")
+    with path.open("rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # np.load would try the bytes as a pickle
+            raise UserError(f"{path} is not an .npz archive; write one with np.savez(path, "
+                            "x=float_nchw) or calibration/build_calib.py")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise UserError(f"cannot read {path} as .npz: {exc}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read {path} as .npz ({reason}); store plain numeric "
+                        "arrays, not Python objects") from exc
     if ("x" in arrays) == ("images" in arrays):
         raise UserError(f"{path}: needs exactly one of the keys 'x' (float NCHW, preprocessed) "
                         f"or 'images' (uint8 NHWC); found keys {sorted(arrays)}")
