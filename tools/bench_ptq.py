@@ -2,7 +2,8 @@
 
     python tools/bench_ptq.py --part fmnist            # mobilenet_v2_fmnist (+ emo_1m_fmnist)
     python tools/bench_ptq.py --part imagenet          # mobilenet_v2_100 on the ImageNet samples
-    python tools/bench_ptq.py --part timing            # PTQ wall time + peak RSS, 128 images
+    python tools/bench_ptq.py --part timing            # PTQ wall time + peak RSS, 128 images,
+                                                       # defaults vs the opt-ins, 3 rounds
     python tools/bench_ptq.py --part imagenet --smooth 0.5   # + activation smoothing rows
     python tools/bench_ptq.py --part fmnist --reconstruct 200  # + block reconstruction rows
     python tools/bench_ptq.py --part fmnist --smooth 0.5 --output-bias  # + output bias rows
@@ -240,41 +241,63 @@ def part_imagenet(args: argparse.Namespace) -> list[dict]:
 
 
 TIMING_SNIPPET = """
-import time, resource, json, torch
+import sys, time, resource, json, torch
 from edgeres.zoo import create_model
 from edgeres.data.photos import photo_calibration_set
 from edgeres.data.preprocess import IMAGENET
 from edgeres.config import PTQConfig
 from edgeres.quant.ptq import quantize
 from edgeres.targets import load_target
+cfg = PTQConfig.from_json(json.loads(sys.argv[1]))
 calib = photo_calibration_set(IMAGENET, n=128, seed=0)
 model = create_model("mobilenet_v2_100", pretrained=True)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-quantize(model, PTQConfig(), load_target("arm-cpu-tflite"), calib)
+quantize(model, cfg, load_target("arm-cpu-tflite"), calib)
 secs = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": secs, "peak_rss_mb": peak / 1024, "rss_before_mb": base / 1024,
                   "threads": torch.get_num_threads()}))
 """
 
+TIMED_CONFIGS = {  # the default and the opt-ins whose cost a user weighs
+    "defaults": PTQConfig(),
+    "smooth 0.5": PTQConfig(smooth_alpha=0.5),
+    "output bias": PTQConfig(output_bias_correction=True),
+    "smooth 0.5 + output bias": PTQConfig(smooth_alpha=0.5, output_bias_correction=True),
+}
+
 
 def part_timing(args: argparse.Namespace) -> list[dict]:
-    """PTQ of MobileNetV2-1.0 with 128 photos in a fresh process: seconds and peak RSS."""
-    proc = subprocess.run(
-        [sys.executable, "-c", TIMING_SNIPPET], capture_output=True, text=True, check=True
-    )
+    """PTQ of MobileNetV2-1.0 with 128 photos, each config in a fresh process, the configs
+    alternating over ``--rounds`` rounds (this machine's load drifts): median seconds and
+    peak RSS (which varies by 20 % between identical runs), and each config's time as a ratio
+    to the defaults of the same round."""
     import json
 
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    return [
-        {
+    runs: dict[str, list[dict]] = {name: [] for name in TIMED_CONFIGS}
+    for _ in range(args.rounds):
+        for name, cfg in TIMED_CONFIGS.items():
+            proc = subprocess.run([sys.executable, "-c", TIMING_SNIPPET, cfg.dumps()],
+                                  capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = [r["seconds"] for r in runs["defaults"]]
+    rows = []
+    for name, res in runs.items():
+        secs = [r["seconds"] for r in res]
+        ratios = [s / b for s, b in zip(secs, base, strict=True)]
+        rows.append({
             "model": "mobilenet_v2_100",
-            "method": "edgeres PTQ, 128 calibration images",
+            "method": f"edgeres PTQ, {name}",
             "data": "photos@128",
-            **{k: round(v, 2) for k, v in res.items()},
-        }
-    ]
+            "seconds": round(float(np.median(secs)), 2),
+            "x_defaults": round(float(np.median(ratios)), 2),
+            "peak_rss_mb": round(float(np.median([r["peak_rss_mb"] for r in res])), 1),
+            "peak_rss_max_mb": round(max(r["peak_rss_mb"] for r in res), 1),  # varies by run
+            "rss_before_mb": round(res[0]["rss_before_mb"], 1),
+            "threads": res[0]["threads"],
+        })
+    return rows
 
 
 def main() -> None:
@@ -293,6 +316,7 @@ def main() -> None:
     ap.add_argument("--output-bias", action="store_true",
                     help="also run edgeres with PTQConfig(output_bias_correction=True)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--rounds", type=int, default=3, help="timing: alternating rounds")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
