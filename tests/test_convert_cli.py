@@ -207,8 +207,12 @@ def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
             "--eval",
             "fmnist:test@50",
             "--no-bench",
+            "-t",  # 4-bit weights: a floor of 100 % is missed (W8A8 agrees on all 50 here)
+            "arm-cpu-onnx",
+            "--bits",
+            "w4a8",
             "--min-agreement",
-            "100.5",
+            "100",
             "--json",
         ]
     )

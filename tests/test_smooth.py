@@ -163,3 +163,35 @@ def test_per_tensor_layers_keep_their_weight_range() -> None:
     out = g.outputs[0]
     torch.testing.assert_close(run_graph(bounded, x)[out], run_graph(g, x)[out],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_one_pass_statistics_equal_a_pass_over_the_smoothed_graph() -> None:
+    """PTQ with smoothing calibrates once: the smoothed tensors' statistics are derived from
+    the unsmoothed pass (channel ranges, each sample's channel). The reference observes the
+    smoothed graph directly; they may differ only by float rounding."""
+    from edgeres.quant.plan import make_plan
+    from edgeres.quant.ptq import _smoothed_stats, collect_stats
+
+    torch.manual_seed(0)
+    net = create_model("mobilenet_v2_fmnist", pretrained=True).eval()
+    calib = torch.randn(96, 1, 28, 28)
+    g = capture(net, calib[:1])
+    cfg = PTQConfig(smooth_alpha=0.5)
+    plan = make_plan(g, load_target("arm-cpu-tflite"), 8, 8, None, ())
+    one_graph, one, _ = _smoothed_stats(g, plan, calib, cfg, False)
+    two_graph, _ = smooth(g, calib, 0.5, cfg.calib_batch)
+    two = collect_stats(two_graph, plan, calib, cfg)
+    for n1, n2 in zip(one_graph.nodes, two_graph.nodes, strict=True):
+        for k in n1.params:
+            assert torch.equal(n1.params[k], n2.params[k]), (n1.name, k)
+    rescaled = 0
+    for t in plan.act_specs:
+        a, b = one[t], two[t]
+        width = b.hi - b.lo
+        assert abs(a.lo - b.lo) <= 1e-5 * width and abs(a.hi - b.hi) <= 1e-5 * width, t
+        assert a.hist is not None and b.hist is not None
+        assert abs(a.hist - b.hist).sum() <= 1e-3 * b.hist.sum(), t  # a few values per bin edge
+        if b.channel_sum is not None:
+            torch.testing.assert_close(a.channel_sum, b.channel_sum, rtol=1e-4, atol=1e-3)
+        rescaled += t in {x for d in find_domains(g)[0] for x in d.tensors}
+    assert rescaled > 10  # the residual streams and conv outputs of the whole network

@@ -214,22 +214,39 @@ def smooth(graph: Graph, calib: Tensor, alpha: float = 0.5, batch: int = 32,
     ``per_tensor`` names the layers whose weights will have one scale (per-tensor targets):
     their weight ranges are not allowed to widen.
     """
+    absmax = _channel_absmax(graph, domain_tensors(graph), calib, batch, progress)
+    g, report, _ = smooth_with_ranges(graph, absmax, alpha, per_tensor)
+    return g, report
+
+
+def domain_tensors(graph: Graph) -> set[str]:
+    """The tensors smoothing may rescale: their channel ranges are what it needs."""
+    return {t for d in find_domains(graph)[0] for t in d.tensors}
+
+
+def smooth_with_ranges(graph: Graph, absmax: dict[str, Tensor], alpha: float = 0.5,
+                       per_tensor: Collection[str] = ()
+                       ) -> tuple[Graph, SmoothReport, dict[str, Tensor]]:
+    """:func:`smooth` from channel ranges already measured (``absmax``: each domain tensor's
+    per-channel max |value| on the calibration data); also returns each rescaled tensor's
+    divisor ``s``, so its statistics carry over without another pass (PTQ calibrates once)."""
     g = graph.copy()
     domains, skipped = find_domains(g)
     report = SmoothReport(skipped=skipped, alpha=alpha)
-    wanted = {t for d in domains for t in d.tensors}
-    absmax = _channel_absmax(g, wanted, calib, batch, progress)
+    divisors: dict[str, Tensor] = {}
     for dom in domains:
         s = domain_scales(dom, absmax, alpha, per_tensor)
         for p in dom.producers:
             _scale_producer(p, s)
         for r in dom.readers:
             _scale_reader(r, s)
+        divisors.update({t: s for t in dom.tensors})
         before = max(float(absmax[t].max()) for t in dom.tensors)
         after = max(float((absmax[t] / s).max()) for t in dom.tensors)
         report.smoothed.append({"domain": dom.tensors, "range_before": round(before, 4),
                                 "range_after": round(after, 4)})
-    return g, report
+    return g, report, divisors
 
 
-__all__ = ["SmoothDomain", "SmoothReport", "domain_scales", "find_domains", "smooth"]
+__all__ = ["SmoothDomain", "SmoothReport", "domain_scales", "domain_tensors", "find_domains",
+           "smooth", "smooth_with_ranges"]

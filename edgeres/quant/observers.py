@@ -35,6 +35,13 @@ class TensorStats:
     channel_sum: Tensor | None = None  # per-channel sum over N, H, W (for bias correction)
     count: int = 0
     samples: list[Tensor] = field(default_factory=list)
+    # per_channel: also keep each channel's min/max and the channel of every sample, so the
+    # statistics of the tensor divided channel-wise by s (activation smoothing) follow
+    # exactly, without another pass over the data
+    per_channel: bool = False
+    channel_lo: Tensor | None = None
+    channel_hi: Tensor | None = None
+    sample_channels: list[Tensor] = field(default_factory=list)
 
     def update_range(self, x: Tensor) -> None:
         lo, hi = torch.aminmax(x.detach())
@@ -43,12 +50,50 @@ class TensorStats:
             raise ValueError("non-finite activation")
         self.lo = min(self.lo, lo_f)
         self.hi = max(self.hi, hi_f)
+        if self.per_channel and x.dim() >= 2:
+            dims = [d for d in range(x.dim()) if d != 1]
+            c_lo = x.detach().amin(dim=dims).to(torch.float64)
+            c_hi = x.detach().amax(dim=dims).to(torch.float64)
+            self.channel_lo = c_lo if self.channel_lo is None else torch.minimum(
+                self.channel_lo, c_lo)
+            self.channel_hi = c_hi if self.channel_hi is None else torch.maximum(
+                self.channel_hi, c_hi)
 
     def update_samples(self, x: Tensor, gen: torch.Generator) -> None:
         flat = x.detach().reshape(-1)
+        idx = None
         if flat.numel() > SAMPLES_PER_BATCH:
-            flat = flat[torch.randint(flat.numel(), (SAMPLES_PER_BATCH,), generator=gen)]
+            idx = torch.randint(flat.numel(), (SAMPLES_PER_BATCH,), generator=gen)
+            flat = flat[idx]
         self.samples.append(flat.to(torch.float32).clone())
+        if self.per_channel and x.dim() >= 2:
+            inner = x[0, 0].numel()  # elements per channel of one sample (row-major order)
+            pos = idx if idx is not None else torch.arange(flat.numel())
+            self.sample_channels.append((pos // inner % x.shape[1]).to(torch.int32))
+
+    def channel_absmax(self) -> Tensor:
+        """Each channel's largest |value| (needs ``per_channel``)."""
+        if self.channel_lo is None or self.channel_hi is None:
+            raise ValueError("channel ranges were not tracked for this tensor")
+        return torch.maximum(self.channel_lo.abs(), self.channel_hi.abs())
+
+    def divided(self, s: Tensor) -> TensorStats:
+        """The statistics of this tensor with channel j divided by ``s[j] > 0``: what a pass
+        over the smoothed graph would observe (same samples, same order), up to float
+        rounding. Call before :meth:`finalize`."""
+        if (self.channel_lo is None or self.channel_hi is None
+                or len(self.sample_channels) != len(self.samples)):
+            raise ValueError("channel ranges were not tracked for this tensor")
+        s = s.to(torch.float64)
+        lo, hi = self.channel_lo / s, self.channel_hi / s
+        samples = [(v.to(torch.float64) / s[c.long()]).to(torch.float32)
+                   for v, c in zip(self.samples, self.sample_channels, strict=True)]
+        out = TensorStats(lo=float(lo.min()), hi=float(hi.max()), count=self.count,
+                          samples=samples, per_channel=True, channel_lo=lo, channel_hi=hi,
+                          sample_channels=list(self.sample_channels))
+        if self.channel_sum is not None:
+            out.channel_sum = self.channel_sum / s
+        return out
 
     def update_channel_mean(self, x: Tensor) -> None:
         if x.dim() < 2:
@@ -67,7 +112,7 @@ class TensorStats:
         """Histogram of the sampled values over the exact [min, max] range."""
         if self.samples:
             self.update_hist(torch.cat(self.samples))
-            self.samples = []
+            self.samples, self.sample_channels = [], []
 
     def update_hist(self, x: Tensor) -> None:
         lo, hi = self.bin_range()

@@ -51,10 +51,14 @@ def _batches(x: Tensor, size: int) -> Iterable[Tensor]:
 
 
 def collect_stats(
-    graph: Graph, plan: QuantPlan, x: Tensor, cfg: PTQConfig, progress: bool = False
+    graph: Graph, plan: QuantPlan, x: Tensor, cfg: PTQConfig, progress: bool = False,
+    per_channel: Collection[str] = (), finalize: bool = True,
 ) -> dict[str, TensorStats]:
-    """Observe every planned tensor in one pass: ranges, value samples, per-channel means."""
-    stats = {t: TensorStats() for t in plan.act_specs}
+    """Observe every planned tensor in one pass: ranges, value samples, per-channel means;
+    for the ``per_channel`` tensors also channel ranges (unfinalized stats can then be
+    rescaled channel-wise, see :meth:`TensorStats.divided`)."""
+    stats = {t: TensorStats(per_channel=t in per_channel)
+             for t in [*plan.act_specs, *(t for t in per_channel if t not in plan.act_specs)]}
     wants_mean = {n.inputs[0] for n in graph.nodes if n.name in plan.weight_specs}
     sample = cfg.act_observer != "minmax"
     gen = torch.Generator().manual_seed(0)
@@ -75,8 +79,9 @@ def collect_stats(
         for xb in batches:
             run_graph(graph, xb, dtype=torch.float32, observe=observe)
             bar.advance(task)
-    for s in stats.values():
-        s.finalize()
+    if finalize:
+        for s in stats.values():
+            s.finalize()
     return stats
 
 
@@ -162,12 +167,9 @@ def quantize_graph(
         if weight_overrides:
             raise UserError("smooth_alpha cannot be combined with given weights (REx terms): "
                             "set smooth_alpha=0 for REx")
-        from edgeres.graph.smooth import smooth
-
-        per_tensor = {n for n, s in plan.weight_specs.items() if not s.per_channel}
-        graph, smooth_report = smooth(graph, calib, cfg.smooth_alpha, cfg.calib_batch,
-                                      per_tensor, progress)
-    stats = collect_stats(graph, plan, calib, cfg, progress)
+        graph, stats, smooth_report = _smoothed_stats(graph, plan, calib, cfg, progress)
+    else:
+        stats = collect_stats(graph, plan, calib, cfg, progress)
     act_qp = activation_qparams(plan, stats, cfg, outputs=graph.outputs)
     weights: dict[str, QuantWeight] = {}
     for node in graph.nodes:
@@ -214,6 +216,27 @@ def quantize_graph(
     qm = QModel(graph, act_qp, weights, scheme="ptq", meta=meta)
     qm.plan = plan  # type: ignore[attr-defined]
     return qm
+
+
+def _smoothed_stats(
+    graph: Graph, plan: QuantPlan, calib: Tensor, cfg: PTQConfig, progress: bool
+) -> tuple[Graph, dict[str, TensorStats], object]:
+    """Smooth ``graph`` and calibrate it in one pass over the data: the pass that measures
+    the channel ranges smoothing balances also keeps each sample's channel, so the smoothed
+    tensors' statistics are the measured ones divided channel-wise by their divisors (the
+    float function, and so every other tensor, is unchanged)."""
+    from edgeres.graph.smooth import domain_tensors, smooth_with_ranges
+
+    wanted = domain_tensors(graph)
+    stats = collect_stats(graph, plan, calib, cfg, progress, per_channel=wanted,
+                          finalize=False)
+    per_tensor = {n for n, s in plan.weight_specs.items() if not s.per_channel}
+    absmax = {t: stats[t].channel_absmax() for t in wanted}
+    graph, report, divisors = smooth_with_ranges(graph, absmax, cfg.smooth_alpha, per_tensor)
+    stats = {t: st.divided(divisors[t]) if t in divisors else st for t, st in stats.items()}
+    for st in stats.values():
+        st.finalize()
+    return graph, stats, report
 
 
 def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
