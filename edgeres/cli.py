@@ -139,8 +139,9 @@ def convert(
         int, typer.Option(help="learn weight rounding: AdaRound steps per layer (0: off)")
     ] = 0,
     smooth: Annotated[
-        float, typer.Option(help="PTQ: move activation outliers into weights, alpha (0: off)")
-    ] = 0.0,
+        float | None, typer.Option(help="PTQ: move activation outliers into weights, alpha "
+                                        "(default 0.5 for W8A8 per-channel plans, else 0; 0: off)")
+    ] = None,
     reconstruct: Annotated[
         int, typer.Option(help="PTQ: block reconstruction (BRECQ+QDrop), steps per block (0: off)")
     ] = 0,

@@ -57,6 +57,10 @@ class PTQConfig(_JsonConfig):
     ``smooth_alpha > 0`` first rescales activation channels (and the weights around them) so
     that one per-tensor step suits every channel (:mod:`edgeres.graph.smooth`); the float
     function is unchanged. 0.5 is SmoothQuant's balance between activations and weights.
+    ``None`` (the default) is 0.5 where that was measured to help every zoo model (W8A8 with
+    per-channel weights throughout, +0.7 to +1.0 dB; BENCHMARKS.md) and 0 elsewhere: it cost
+    ``mobilenet_v2_fmnist`` 4 dB per-tensor, REx expands the unsmoothed weights, and other
+    bit widths and AdaRound were not measured with it (:func:`edgeres.quant.ptq.smooth_alpha_for`).
 
     ``reconstruct_iters > 0`` then learns, block by block on the calibration data, each
     weight's rounding, each bias and each activation step against the float model (BRECQ with
@@ -80,7 +84,7 @@ class PTQConfig(_JsonConfig):
     calib_batch: int = 32
     adaround_iters: int = 0  # > 0: learn weight rounding (AdaRound), this many steps per layer
     output_headroom: float = 1.5  # model outputs: min-max range x this, never clipped
-    smooth_alpha: float = 0.0  # > 0: move activation channel outliers into weights (SmoothQuant)
+    smooth_alpha: float | None = None  # > 0: activation outliers into weights; None: by the plan
     reconstruct_iters: int = 0  # > 0: block reconstruction (BRECQ + QDrop), steps per block
     output_bias_correction: bool = False  # output layer's bias minus the mean logit error
 
@@ -102,7 +106,7 @@ class PTQConfig(_JsonConfig):
         if self.reconstruct_iters and self.adaround_iters:
             raise UserError("reconstruct_iters already learns the weight rounding: set "
                             "adaround_iters=0 (or reconstruct_iters=0 for AdaRound alone)")
-        if not 0.0 <= self.smooth_alpha < 1.0:
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha < 1.0:
             raise UserError(f"smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
         if self.output_headroom < 1.0:
             raise UserError(f"output_headroom must be >= 1, got {self.output_headroom}")

@@ -63,12 +63,12 @@ class ConvertOptions:
     max_drop: float | None = None
     bench: bool = True
     threads: tuple[int, ...] = (1, 2)
-    smooth_alpha: float = 0.0  # PTQ: activation smoothing (edgeres.graph.smooth), 0 = off
+    smooth_alpha: float | None = None  # PTQ smoothing (edgeres.graph.smooth); None: by the plan
     reconstruct_iters: int = 0  # PTQ: block reconstruction steps per block (BRECQ + QDrop), 0 = off
     output_bias_correction: bool = False  # PTQ: output bias minus the mean logit error
 
     def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
-        if not 0.0 <= self.smooth_alpha < 1.0:
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha < 1.0:
             raise UserError(f"--smooth: smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
         if self.smooth_alpha and self.scheme != "ptq":
             raise UserError(f"--smooth applies to --scheme ptq only, not '{self.scheme}'")

@@ -78,14 +78,14 @@ def test_learned_numbers_stay_exact_and_consistent(setup) -> None:
     for name, qw in learned.weights.items():
         ref = plain.weights[name]
         assert qw.qparams == ref.qparams  # weight scales stay; codes within one step
-        w = graph.node(name).params["weight"].detach().double()
+        w = learned.graph.node(name).params["weight"].detach().double()  # smoothed, maybe
         s = torch.from_numpy(qw.qparams.scale.astype(np.float64)).reshape(-1, *[1] * (w.dim() - 1))
         codes = torch.from_numpy(qw.codes.astype(np.float64))
         spec = qw.qparams.spec
         nearest = (w / s).clamp(spec.qmin, spec.qmax)  # the MSE observer may clip a weight
         assert (codes - nearest).abs().max() < 1 + 1e-4, name  # floor or ceil of w / s
         # the bias sits on the int32 grid of the *learned* input step
-        in_qp = learned.act_qparams[graph.node(name).inputs[0]]
+        in_qp = learned.act_qparams[learned.graph.node(name).inputs[0]]
         assert qw.bias_qparams == bias_qparams(in_qp, qw.qparams)
 
 

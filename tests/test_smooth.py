@@ -195,3 +195,35 @@ def test_one_pass_statistics_equal_a_pass_over_the_smoothed_graph() -> None:
             torch.testing.assert_close(a.channel_sum, b.channel_sum, rtol=1e-4, atol=1e-3)
         rescaled += t in {x for d in find_domains(g)[0] for x in d.tensors}
     assert rescaled > 10  # the residual streams and conv outputs of the whole network
+
+
+@pytest.mark.parametrize("target, cfg, alpha", [
+    ("arm-cpu-tflite", PTQConfig(), 0.5),  # W8A8, per-channel weights: on by default
+    ("arm-cpu-onnx", PTQConfig(), 0.5),
+    ("arm-cpu-tflite", PTQConfig(smooth_alpha=0.0), 0.0),  # asked off
+    ("npu-int8-per-tensor", PTQConfig(), 0.0),  # per-tensor weights: off (it can cost dB)
+    ("arm-cpu-onnx", PTQConfig(weight_bits=4), 0.0),  # W4: not measured with it
+    ("arm-cpu-tflite", PTQConfig(adaround_iters=2), 0.0),
+    ("npu-int8-per-tensor", PTQConfig(smooth_alpha=0.3), 0.3),  # asked on
+])
+def test_default_smoothing_follows_the_plan(target: str, cfg: PTQConfig, alpha: float) -> None:
+    """The report records the alpha used, and the smoothed model is the one measured."""
+    g = _stream()
+    calib = torch.randn(32, 8, 9, 9, generator=torch.Generator().manual_seed(0))
+    qm = quantize_graph(g, cfg, load_target(target), calib)
+    assert qm.meta["config"]["smooth_alpha"] == alpha
+    assert ("smooth" in qm.meta) == (alpha > 0)
+    if alpha > 0:
+        assert not torch.equal(qm.graph.node(g.nodes[0].name).params["weight"],
+                               g.nodes[0].params["weight"])
+
+
+def test_rex_terms_are_expanded_from_unsmoothed_weights() -> None:
+    from edgeres.config import RExConfig
+    from edgeres.graph.rex_expand import quantize_rex
+
+    g = _stream()
+    calib = torch.randn(32, 8, 9, 9, generator=torch.Generator().manual_seed(0))
+    qm = quantize_rex(g, RExConfig(order=2, sparsity=0.5, weight_bits=8),
+                      load_target("arm-cpu-tflite"), calib)
+    assert qm.meta["config"]["ptq"]["smooth_alpha"] == 0.0 and "smooth" not in qm.meta

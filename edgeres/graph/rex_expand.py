@@ -425,7 +425,8 @@ def quantize_rex(model_or_graph: nn.Module | Graph, cfg: RExConfig, target: Targ
     check_budget(cfg.budget_macs, "budget_macs")
     check_budget(cfg.budget_bytes, "budget_bytes")
     check_bits(target, cfg.weight_bits)
-    ptq = replace(cfg.ptq, weight_bits=cfg.weight_bits)
+    ptq = replace(cfg.ptq, weight_bits=cfg.weight_bits,  # terms expand the unsmoothed weights
+                  smooth_alpha=0.0 if cfg.ptq.smooth_alpha is None else cfg.ptq.smooth_alpha)
     started = time.perf_counter()
     plan = make_plan(graph, target, ptq.weight_bits, ptq.act_bits, ptq.per_channel, ptq.ignore)
     eligible = [n for n in graph.nodes if n.name in plan.weight_specs]
@@ -488,7 +489,7 @@ def quantize_rex(model_or_graph: nn.Module | Graph, cfg: RExConfig, target: Targ
     summary.update(expand_seconds=round(expand_seconds, 3), narrowed_tensors=narrowed,
                    stats_seconds=round(stats_seconds, 3),
                    measure_seconds=round(measure_seconds, 3))
-    qm.meta.update(scheme="rex", rex=summary, config=cfg.to_json(),
+    qm.meta.update(scheme="rex", rex=summary, config=replace(cfg, ptq=ptq).to_json(),
                    quantize_seconds=round(time.perf_counter() - started, 3))
     report = qm.plan.report  # type: ignore[attr-defined]
     report.extend(_decisions(summary, regions, cfg))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -162,6 +163,7 @@ def quantize_graph(
     check_calibration_data(calib, graph)
     started = time.perf_counter()
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
+    cfg = replace(cfg, smooth_alpha=smooth_alpha_for(cfg, plan, bool(weight_overrides)))
     smooth_report = None
     if cfg.smooth_alpha > 0:
         if weight_overrides:
@@ -216,6 +218,21 @@ def quantize_graph(
     qm = QModel(graph, act_qp, weights, scheme="ptq", meta=meta)
     qm.plan = plan  # type: ignore[attr-defined]
     return qm
+
+
+AUTO_SMOOTH_ALPHA = 0.5
+
+
+def smooth_alpha_for(cfg: PTQConfig, plan: QuantPlan, given_weights: bool) -> float:
+    """``cfg.smooth_alpha``, or for ``None`` SmoothQuant's 0.5 where smoothing was measured to
+    help every zoo model (8-bit weights and activations, per-channel weights throughout) and
+    0 elsewhere (see :class:`PTQConfig`)."""
+    if cfg.smooth_alpha is not None:
+        return cfg.smooth_alpha
+    specs = plan.weight_specs.values()
+    measured = (cfg.weight_bits == 8 and cfg.act_bits == 8 and not cfg.adaround_iters
+                and bool(specs) and all(s.per_channel for s in specs))
+    return AUTO_SMOOTH_ALPHA if measured and not given_weights else 0.0
 
 
 def _smoothed_stats(

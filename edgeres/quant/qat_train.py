@@ -190,7 +190,7 @@ def _check_data(ds: DataSet, graph: Graph, label: str, role: str, need_labels: b
 
 def _ptq_config(cfg: QATConfig) -> PTQConfig:
     return PTQConfig(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits,
-                     per_channel=cfg.per_channel)
+                     per_channel=cfg.per_channel, smooth_alpha=0.0)  # QAT was measured unsmoothed
 
 
 def check_plan(graph: Graph, target: Target, cfg: QATConfig) -> None:
