@@ -1,6 +1,6 @@
 """How much of MobileNetV2-1.0's agreement figure is the calibration draw? Same PTQ, N draws.
 
-    python tools/bench_calib_draws.py                         # defaults and smooth 0.5, 5 draws
+    python tools/bench_calib_draws.py                         # defaults and smooth 0, 5 draws
     python tools/bench_calib_draws.py --draws 8 --configs "" "smooth_alpha=0.5"
 
 Issue 3's ImageNet goal is a count of flips (>= 97 % agreement = at most 6 of 200 inputs)
@@ -97,7 +97,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=5, help="calibration seeds 0..N-1")
-    ap.add_argument("--configs", nargs="+", default=["", "smooth_alpha=0.5"],
+    ap.add_argument("--configs", nargs="+", default=["", "smooth_alpha=0.0"],
                     help="PTQConfig keyword lists (\"\" = the defaults)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_calib_draws.json"))
