@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from edgeres.quant.plan import QuantPlan, make_plan
 from edgeres.quant.primitives import qparams_from_range, quantize_weight, weight_qparams
 from edgeres.quant.qmodel import QModel, QuantWeight
 from edgeres.targets import Target
+
+if TYPE_CHECKING:
+    from edgeres.graph.smooth import SmoothReport
 
 
 def check_calibration_data(x: Tensor, graph: Graph) -> None:
@@ -237,7 +241,7 @@ def smooth_alpha_for(cfg: PTQConfig, plan: QuantPlan, given_weights: bool) -> fl
 
 def _smoothed_stats(
     graph: Graph, plan: QuantPlan, calib: Tensor, cfg: PTQConfig, progress: bool
-) -> tuple[Graph, dict[str, TensorStats], object]:
+) -> tuple[Graph, dict[str, TensorStats], SmoothReport]:
     """Smooth ``graph`` and calibrate it in one pass over the data: the pass that measures
     the channel ranges smoothing balances also keeps each sample's channel, so the smoothed
     tensors' statistics are the measured ones divided channel-wise by their divisors (the
