@@ -8,11 +8,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from edgeres.data.fmnist import FMNIST_LABELS
 from edgeres.data.preprocess import IMAGENET, Preprocess
-from edgeres.errors import UserError, load_torch_file
+from edgeres.errors import UserError
 from edgeres.zoo import create_model, get_entry, list_models
 
 
@@ -59,6 +60,21 @@ def _from_zoo(name: str, weights: str | None, load: bool = True) -> ResolvedMode
         entry.labels,
         desc,
     )
+
+
+def load_torch_file(path: object, what: str, hint: str) -> object:
+    """``torch.load`` of tensors only, with a one-line UserError for a file that is not one
+    (torch's own message runs to a dozen lines of pickling advice)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise UserError(f"{what} '{path}' does not exist") from exc
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        detail = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = detail[-2] if len(detail) > 1 and "weights_only" in detail[0] else (
+            detail[0] if detail else type(exc).__name__)
+        raise UserError(f"cannot read {what} '{path}' as tensors saved by torch.save "
+                        f"({reason}); {hint}") from exc
 
 
 def _state_signature(state: dict) -> dict[str, tuple[int, ...]]:

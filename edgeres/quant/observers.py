@@ -37,7 +37,7 @@ class TensorStats:
     samples: list[Tensor] = field(default_factory=list)
     # per_channel: also keep each channel's min/max and the channel of every sample, so the
     # statistics of the tensor divided channel-wise by s (activation smoothing) follow
-    # exactly, without another pass over the data
+    # without another pass over the data (up to float rounding)
     per_channel: bool = False
     channel_lo: Tensor | None = None
     channel_hi: Tensor | None = None

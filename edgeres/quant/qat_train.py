@@ -53,7 +53,7 @@ from torch.utils.data import DistributedSampler
 
 from edgeres.config import PTQConfig, QATConfig, RExConfig
 from edgeres.data.specs import DataSet, subset_indices
-from edgeres.errors import UserError, load_torch_file
+from edgeres.errors import UserError
 from edgeres.graph.capture import capture
 from edgeres.graph.ir import OPS, Graph
 from edgeres.quant.plan import make_plan
@@ -260,6 +260,8 @@ def load_checkpoint(path: Path, meta: dict) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist")
+    from edgeres.resolve import load_torch_file
+
     ckpt = load_torch_file(path, "checkpoint", "pass a checkpoint edgeres qat wrote")
     if not isinstance(ckpt, dict) or ckpt.get("meta", {}).get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"'{path}' is not an edgeres QAT checkpoint ({CHECKPOINT_FORMAT})")
