@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -83,6 +84,17 @@ def batched_logits(
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).double().mean() * 100)
+
+
+def paired_top1_test(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> tuple[int, int, float]:
+    """McNemar's exact test of two classifiers' top-1 on the same inputs: how many inputs
+    only ``a`` gets right, how many only ``b`` does, and the two-sided p-value of a split at
+    least that uneven if both were equally accurate (a sign test on the discordant inputs)."""
+    ra, rb = a.argmax(1) == y, b.argmax(1) == y
+    only_a, only_b = int((ra & ~rb).sum()), int((~ra & rb).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return only_a, only_b, p
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
