@@ -25,7 +25,7 @@ from edgeres.targets import target_names  # noqa: E402
 
 EVAL = {
     "mobilenet_v2_fmnist": "fmnist:test",
-    "mobilenet_v2_100": "imagenet-samples",
+    "mobilenet_v2_100": "imagenet-10crop",  # what edgeres convert checks it on by default
     "emo_1m_fmnist": "fmnist:test",
 }
 CALIB = {
@@ -57,6 +57,10 @@ def row_for(model: str, target: str, out_root: Path, limit: int | None) -> dict:
         "float_top1": m["metrics"].get("float_top1"),
         "quant_top1": m["metrics"].get("quant_top1"),
         "agree": m["metrics"]["top1_agreement"],
+        "expected": m["metrics"].get("expected_agreement"),
+        "sqnr_db": m["metrics"].get("sqnr_db"),
+        "centre_top1": m["metrics"].get("quant_top1_centre"),  # ten-crop sets: the 20 centres
+        "float_centre_top1": m["metrics"].get("float_top1_centre"),
         "size_kb": m["size_bytes"] / 1024,
         "convert_s": round(time.perf_counter() - t0, 1),
         "runtime": b.get("runtime"),
