@@ -213,6 +213,8 @@ def test_default_smoothing_follows_the_plan(target: str, cfg: PTQConfig, alpha: 
     qm = quantize_graph(g, cfg, load_target(target), calib)
     assert qm.meta["config"]["smooth_alpha"] == alpha
     assert ("smooth" in qm.meta) == (alpha > 0)
+    said = [d for d in qm.meta["plan"]["report"] if d["subject"] == "activations"]
+    assert len(said) == (alpha > 0) and all(str(alpha) in d["decision"] for d in said)
     if alpha > 0:
         assert not torch.equal(qm.graph.node(g.nodes[0].name).params["weight"],
                                g.nodes[0].params["weight"])

@@ -27,7 +27,7 @@ from edgeres.graph.capture import capture
 from edgeres.graph.ir import Graph, Node, run_graph
 from edgeres.qtypes import QParams, QSpec, bias_qparams
 from edgeres.quant.observers import TensorStats, choose_range
-from edgeres.quant.plan import QuantPlan, make_plan
+from edgeres.quant.plan import Decision, QuantPlan, make_plan
 from edgeres.quant.primitives import qparams_from_range, quantize_weight, weight_qparams
 from edgeres.quant.qmodel import QModel, QuantWeight
 from edgeres.targets import Target
@@ -167,7 +167,12 @@ def quantize_graph(
     check_calibration_data(calib, graph)
     started = time.perf_counter()
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
+    asked = cfg.smooth_alpha is not None
     cfg = replace(cfg, smooth_alpha=smooth_alpha_for(cfg, plan, bool(weight_overrides)))
+    if cfg.smooth_alpha > 0:  # a decision the report should explain, like the plan's own
+        plan.report.append(Decision("activations", f"smoothed, alpha {cfg.smooth_alpha}", (
+            "asked for" if asked else "the default for W8A8 plans with per-channel weights "
+            "(channel outliers move into the weights; the float function is unchanged)")))
     smooth_report = None
     if cfg.smooth_alpha > 0:
         if weight_overrides:
