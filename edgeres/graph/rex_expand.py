@@ -425,7 +425,9 @@ def quantize_rex(model_or_graph: nn.Module | Graph, cfg: RExConfig, target: Targ
     check_budget(cfg.budget_macs, "budget_macs")
     check_budget(cfg.budget_bytes, "budget_bytes")
     check_bits(target, cfg.weight_bits)
-    ptq = replace(cfg.ptq, weight_bits=cfg.weight_bits,  # terms expand the unsmoothed weights
+    # the terms expand the unsmoothed weights; said here, not left to quantize_graph's
+    # given-weights rule, because a budget may choose no term at all (no given weights)
+    ptq = replace(cfg.ptq, weight_bits=cfg.weight_bits,
                   smooth_alpha=0.0 if cfg.ptq.smooth_alpha is None else cfg.ptq.smooth_alpha)
     started = time.perf_counter()
     plan = make_plan(graph, target, ptq.weight_bits, ptq.act_bits, ptq.per_channel, ptq.ignore)
