@@ -49,6 +49,11 @@ class PTQConfig(_JsonConfig):
     weight rounding causes, measured on the calibration data; ``adaround_iters > 0`` learns
     each weight's rounding instead (AdaRound, slower: seconds per layer).
 
+    ``act_observer`` sets every other activation's range: ``percentile`` (of ``percentile``,
+    the default), ``mse``, ``minmax`` or ``entropy`` (TensorRT's KL calibration; it clips
+    hard on activations with spikes, such as constant image backgrounds, and measured the
+    weakest here: BENCHMARKS.md).
+
     The model's outputs are never clipped: their range is the calibration min-max widened by
     ``output_headroom``. A clipped top logit ties with its neighbours and argmax then picks
     at random; calibration images are rarely as confident as the images a deployed model

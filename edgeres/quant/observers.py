@@ -167,34 +167,75 @@ def mse_range(stats: TensorStats, levels: int, steps: int = 100) -> tuple[float,
     return best
 
 
+def _folded_abs_hist(stats: TensorStats) -> tuple[np.ndarray, float]:
+    """The histogram of |x| at the sample histogram's own bin width, and its top edge.
+
+    Rebinning into fewer bins (or finer ones: empty bins between aliased ones) would change
+    which thresholds the KL search can tell apart."""
+    edges = _edges(stats)
+    width = edges[1] - edges[0]
+    amax = max(abs(stats.lo), abs(stats.hi), 1e-12)
+    bins = int(min(BINS, max(1, round(amax / width))))
+    centers = np.abs((edges[:-1] + edges[1:]) / 2)
+    hist, _ = np.histogram(centers, bins=bins, range=(0.0, amax), weights=stats.hist)
+    return hist, amax
+
+
+def _kl_to_quantized(hist: np.ndarray, i: int, n_q: int) -> float:
+    """KL(P || Q) of TensorRT's calibration for threshold bin ``i``: P is the histogram up to
+    ``i`` with the clipped tail added to its last bin; Q merges those ``i`` bins into
+    ``n_q`` levels and spreads each level's mass evenly over its non-empty bins."""
+    p = hist[:i].astype(np.float64)
+    p[-1] += hist[i:].sum()
+    level = (np.arange(i) * n_q) // i  # the quantized level each bin falls into
+    filled = hist[:i] > 0
+    level_mass = np.bincount(level, weights=hist[:i], minlength=n_q)
+    level_bins = np.bincount(level, weights=filled, minlength=n_q)
+    q = np.where(filled, level_mass[level] / np.maximum(level_bins[level], 1), 0.0)
+    p_n, q_n = p / p.sum(), q / max(q.sum(), 1e-300)
+    mask = p_n > 0
+    if (q_n[mask] == 0).any():  # the clipped tail landed in an empty bin: P not covered by Q
+        return float("inf")
+    return float(np.sum(p_n[mask] * np.log(p_n[mask] / q_n[mask])))
+
+
 def entropy_range(stats: TensorStats, levels: int) -> tuple[float, float]:
     """TensorRT-style KL calibration: the |x| threshold whose quantized histogram diverges least.
 
-    The threshold clips both sides symmetrically (ranges never extend past the observed ones).
+    The algorithm of NVIDIA's calibrators (TensorRT, pytorch-quantization / ModelOpt
+    ``_compute_amax_entropy``): a histogram of |x| at full resolution, bin 0 flattened to
+    bin 1, candidate thresholds from bin ``levels // 2`` up, ties to the widest. The
+    threshold clips both sides symmetrically; ranges never extend past the observed ones.
+    Histograms with spikes (constant image regions give many identical activations) make
+    the KL jump between neighbouring thresholds, and it then clips hard: on this project's
+    models it is the weakest observer (BENCHMARKS.md), kept for parity with those tools.
     """
-    if stats.hist is None:
+    if stats.hist is None or stats.hist.sum() == 0:
         return stats.lo, stats.hi
-    edges = _edges(stats)
-    centers = np.abs((edges[:-1] + edges[1:]) / 2)
-    amax = max(abs(stats.lo), abs(stats.hi), 1e-12)
-    bins = 512
-    hist, _ = np.histogram(centers, bins=bins, range=(0.0, amax), weights=stats.hist)
+    hist, amax = _folded_abs_hist(stats)
     n_q = max((levels // 2) if stats.lo < 0 else levels, 2)
-    best_i, best_kl = bins, float("inf")
-    for i in range(n_q, bins + 1, 4):
-        p = hist[:i].copy()
-        p[-1] += hist[i:].sum()
-        if p.sum() == 0:
-            continue
-        chunks = np.array_split(hist[:i], n_q)
-        q = np.concatenate([np.where(c > 0, c.sum() / max((c > 0).sum(), 1), 0.0) for c in chunks])
-        p_n, q_n = p / p.sum(), q / max(q.sum(), 1e-30)
-        mask = p_n > 0
-        kl = float(np.sum(p_n[mask] * np.log(p_n[mask] / np.maximum(q_n[mask], 1e-12))))
-        if kl < best_kl:
-            best_i, best_kl = i, kl
-    t = amax * best_i / bins
+    start = max(levels // 2, 1)
+    if len(hist) <= start:  # too few bins to tell thresholds apart
+        return stats.lo, stats.hi
+    t = amax * kl_threshold_bin(hist, n_q, start) / len(hist)
     return max(stats.lo, -t), min(stats.hi, t)
+
+
+def kl_threshold_bin(abs_hist: np.ndarray, n_q: int, start: int) -> int:
+    """The number of |x| histogram bins to keep (threshold = that many bin widths) whose
+    ``n_q``-level quantization diverges least from the histogram, clipped tail included."""
+    hist = abs_hist.astype(np.float64)
+    # exact zeros (ReLU's clamped half) cost nothing, zero being on the grid; left in, their
+    # spike in bin 0 dominates the KL and pulls the threshold down to where bin 0 is a level
+    # of its own. NVIDIA's calibrators flatten it the same way.
+    if len(hist) > 1:
+        hist[0] = hist[1]
+    best_i, best_kl = len(hist), float("inf")
+    for i in range(start, len(hist) + 1):
+        kl = _kl_to_quantized(hist, i, n_q) if hist[:i].sum() > 0 else float("inf")
+        if kl <= best_kl:  # ties: the widest threshold
+            best_i, best_kl = i, kl
+    return best_i
 
 
 def choose_range(stats: TensorStats, method: str, levels: int, pct: float) -> tuple[float, float]:
