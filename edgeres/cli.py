@@ -149,6 +149,13 @@ def convert(
         bool, typer.Option("--output-bias",
                            help="PTQ: take the mean logit error out of the output layer's bias")
     ] = False,
+    observer: Annotated[
+        str, typer.Option(help="activation ranges: percentile | mse | minmax | entropy "
+                               "(the model's outputs are never clipped)")
+    ] = "percentile",
+    percentile: Annotated[
+        float, typer.Option(help="the percentile observer's coverage, in %")
+    ] = 99.99,
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
     rex_budget: Annotated[
@@ -182,6 +189,8 @@ def convert(
         smooth_alpha=smooth,
         reconstruct_iters=reconstruct,
         output_bias_correction=output_bias,
+        act_observer=observer,  # type: ignore[arg-type]  # checked by ConvertOptions
+        percentile=percentile,
     )
     _run_convert(opts, as_json)
 

@@ -14,7 +14,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from rich.console import Console
 
 from edgeres.bundle import Bundle, load_bundle, staged_bundle, write_manifest
 from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model
-from edgeres.config import PTQConfig, RExConfig
+from edgeres.config import ActObserver, PTQConfig, RExConfig
 from edgeres.data.specs import DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
@@ -66,8 +66,16 @@ class ConvertOptions:
     smooth_alpha: float | None = None  # PTQ smoothing (edgeres.graph.smooth); None: by the plan
     reconstruct_iters: int = 0  # PTQ: block reconstruction steps per block (BRECQ + QDrop), 0 = off
     output_bias_correction: bool = False  # PTQ: output bias minus the mean logit error
+    act_observer: ActObserver = "percentile"  # activation ranges (PTQConfig.act_observer)
+    percentile: float = 99.99  # the percentile observer's coverage
 
     def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
+        observers = get_args(ActObserver)
+        if self.act_observer not in observers:
+            raise UserError(f"--observer must be one of {' | '.join(observers)}, got "
+                            f"'{self.act_observer}'")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UserError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha < 1.0:
             raise UserError(f"--smooth: smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
         if self.smooth_alpha and self.scheme != "ptq":
@@ -134,7 +142,8 @@ def _quantize(
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore),
                     adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha,
                     reconstruct_iters=opts.reconstruct_iters,
-                    output_bias_correction=opts.output_bias_correction)
+                    output_bias_correction=opts.output_bias_correction,
+                    act_observer=opts.act_observer, percentile=opts.percentile)
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     rex = RExConfig(

@@ -151,6 +151,9 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
         (["convert", "mobilenet_v2_fmnist", "--min-agreement", "150"],
          "--min-agreement is a percentage"),
         (["convert", "mobilenet_v2_fmnist", "--max-drop", "-1"], "--max-drop is the largest"),
+        (["convert", "mobilenet_v2_fmnist", "--observer", "kl"],
+         "--observer must be one of minmax | percentile | mse | entropy, got 'kl'"),
+        (["convert", "mobilenet_v2_fmnist", "--percentile", "101"], "--percentile must be in"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
@@ -191,6 +194,26 @@ def test_ptq_options_give_a_bundle_that_checks_and_says_what_it_did(
     report = json.loads((out / "report.json").read_text())
     assert str(report["config"][field]) == (value if value is not None else "True")
     assert says(report[section])
+
+
+def test_observer_sets_the_activation_ranges(weights, tmp_path) -> None:
+    """--observer reaches the plan and the report; min-max ranges cover every calibration
+    value, so its steps are at least the percentile observer's on every activation."""
+    argv = ["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out", str(tmp_path / "cli"),
+            "--calib", "fmnist:train@64", "--eval", "fmnist:test@200", "--no-bench",
+            "--observer", "minmax", "--json"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert report["config"]["act_observer"] == "minmax"
+    steps = {}
+    for observer in ("minmax", "percentile"):
+        opts = ConvertOptions("mobilenet_v2_fmnist", weights=weights, out=tmp_path / observer,
+                              act_observer=observer, smooth_alpha=0.0, **FAST)
+        qm = convert(opts, progress=False).qmodel
+        steps[observer] = {t: float(q.scale) for t, q in qm.act_qparams.items()}
+    mm, pct = steps["minmax"], steps["percentile"]
+    assert all(mm[t] >= pct[t] * (1 - 1e-6) for t in mm)
+    assert any(mm[t] > 1.01 * pct[t] for t in mm)
 
 
 def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
