@@ -33,6 +33,7 @@ from benchlib import (  # noqa: E402
     batched_logits,
     imagenet_sets,
     machine,
+    parse_config,
     print_table,
     sqnr,
     top1,
@@ -52,16 +53,6 @@ from edgeres.zoo import create_model  # noqa: E402
 
 SOURCES = ("photos", "colour", "twofold", "oracle", "synthetic")
 N_CALIB = 128
-
-
-def parse_config(text: str) -> PTQConfig:
-    """'act_observer="mse", adaround_iters=200' -> PTQConfig (literals only)."""
-    import ast
-
-    call = ast.parse(f"f({text})", mode="eval").body
-    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
-        raise ValueError(f"'{text}' is not a keyword list")
-    return PTQConfig(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
 
 
 def source_image_ids(n_images: int, n_views: int) -> torch.Tensor:

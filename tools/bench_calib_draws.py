@@ -30,7 +30,6 @@ import torch
 from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_calib import parse_config  # noqa: E402
 from bench_ptq import edgeres_litert  # noqa: E402
 from benchlib import (  # noqa: E402
     agreement,
@@ -38,6 +37,7 @@ from benchlib import (  # noqa: E402
     imagenet_sets,
     imagenet_ten_crop,
     machine,
+    parse_config,
     print_table,
     sqnr,
     top1,

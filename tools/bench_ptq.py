@@ -7,6 +7,7 @@
     python tools/bench_ptq.py --part imagenet --smooth 0.5   # + activation smoothing rows
     python tools/bench_ptq.py --part fmnist --reconstruct 200  # + block reconstruction rows
     python tools/bench_ptq.py --part fmnist --smooth 0.5 --output-bias  # + output bias rows
+    python tools/bench_ptq.py --part fmnist --fast --configs "act_observer='mse'"  # any PTQConfig
 
 Every row of a part is measured in one run on the same data. Quantized accuracy is the
 integer simulation (QModel.simulate); `litert` / `ort` columns run the exported file.
@@ -39,6 +40,7 @@ from benchlib import (  # noqa: E402
     imagenet_ten_crop,
     machine,
     paired_top1_test,
+    parse_config,
     print_table,
     sqnr,
     sqnr_centred,
@@ -48,6 +50,7 @@ from benchlib import (  # noqa: E402
 
 from edgeres.check import expected_agreement  # noqa: E402
 from edgeres.config import PTQConfig  # noqa: E402
+from edgeres.errors import UserError  # noqa: E402
 from edgeres.graph.capture import capture  # noqa: E402
 from edgeres.quant.ptq import quantize_graph  # noqa: E402
 from edgeres.targets import load_target  # noqa: E402
@@ -126,11 +129,13 @@ def edgeres_litert(qm, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
 
 
 def edgeres_runs(smooth: float | None, recon: int | None = None, output_bias: bool = False,
-                 unsmoothed: bool = False) -> list[tuple[str, str, PTQConfig]]:
+                 unsmoothed: bool = False, configs: dict[str, PTQConfig] | None = None,
+                 ) -> list[tuple[str, str, PTQConfig]]:
     """(target, row label, config) of every edgeres row; ``smooth`` adds smoothed rows,
     ``recon`` block-reconstructed ones (with and without smoothing), ``output_bias`` rows with
     output bias correction (alone, and with smoothing when asked); ``unsmoothed`` the
-    per-channel plan without smoothing (the default before session 7)."""
+    per-channel plan without smoothing (the default before session 7); ``configs`` one
+    per-channel row per named PTQConfig."""
     runs = [
         ("arm-cpu-tflite", "edgeres int8 per-channel", PTQConfig()),
         ("npu-int8-per-tensor", "edgeres int8 per-tensor (NPU)", PTQConfig()),
@@ -139,6 +144,8 @@ def edgeres_runs(smooth: float | None, recon: int | None = None, output_bias: bo
     if unsmoothed:
         runs.insert(1, ("arm-cpu-tflite", "edgeres int8 per-channel, smooth 0",
                         PTQConfig(smooth_alpha=0.0)))
+    for k, (text, cfg) in enumerate((configs or {}).items()):
+        runs.insert(1 + k, ("arm-cpu-tflite", f"edgeres int8 per-channel, {text}", cfg))
     if smooth:
         cfg = PTQConfig(smooth_alpha=smooth)
         runs.insert(1, ("arm-cpu-tflite", f"edgeres int8 per-channel, smooth {smooth}", cfg))
@@ -165,7 +172,8 @@ def edgeres_runs(smooth: float | None, recon: int | None = None, output_bias: bo
 def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  # noqa: ANN001
              smooth: float | None = None, recon: int | None = None,
              recon_calib: torch.Tensor | None = None, output_bias: bool = False,
-             unsmoothed: bool = False) -> list[dict]:
+             unsmoothed: bool = False, configs: dict[str, PTQConfig] | None = None,
+             ) -> list[dict]:
     ref = {
         s.name: batched_logits(lambda b: torch.as_tensor(graph_float(graph, b)), s.x) for s in sets
     }
@@ -190,7 +198,7 @@ def rows_for(model: str, graph, calib, sets: list[EvalSet], with_files: bool,  #
             rows.append({**row, **extra})
 
     add("float", ref)
-    for target, label, cfg in edgeres_runs(smooth, recon, output_bias, unsmoothed):
+    for target, label, cfg in edgeres_runs(smooth, recon, output_bias, unsmoothed, configs):
         t0 = time.perf_counter()
         data = recon_calib if cfg.reconstruct_iters and recon_calib is not None else calib
         qm = quantize_graph(graph, cfg, load_target(target), data)
@@ -250,7 +258,7 @@ def part_fmnist(args: argparse.Namespace) -> list[dict]:
         graph = capture(net, calib[:1])
         rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True, args.smooth,
                          args.reconstruct, output_bias=args.output_bias,
-                         unsmoothed=args.unsmoothed)
+                         unsmoothed=args.unsmoothed, configs=args.configs)
     return rows
 
 
@@ -267,7 +275,7 @@ def part_imagenet(args: argparse.Namespace) -> list[dict]:
     ten, centres = imagenet_ten_crop()
     return rows_for("mobilenet_v2_100", graph, calib, [s20, crops, centres, ten], not args.fast,
                     args.smooth, args.reconstruct, recon_calib, args.output_bias,
-                    args.unsmoothed)
+                    args.unsmoothed, args.configs)
 
 
 TIMING_SNIPPET = """
@@ -346,9 +354,16 @@ def main() -> None:
                     help="also run edgeres with PTQConfig(output_bias_correction=True)")
     ap.add_argument("--unsmoothed", action="store_true",
                     help="also run the per-channel plan with smooth_alpha=0 (the old default)")
+    ap.add_argument("--configs", nargs="+", default=[], metavar="KWARGS",
+                    help="also run the per-channel plan with each PTQConfig keyword list, "
+                         "e.g. \"act_observer='mse'\"")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--rounds", type=int, default=3, help="timing: alternating rounds")
     args = ap.parse_args()
+    try:  # fail before any work, in one line
+        args.configs = {text: parse_config(text) for text in args.configs}
+    except (SyntaxError, ValueError, TypeError, UserError) as exc:
+        ap.error(f"--configs: {exc} (want PTQConfig keywords, e.g. \"act_observer='mse'\")")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = {"fmnist": part_fmnist, "imagenet": part_imagenet, "timing": part_timing}[args.part](

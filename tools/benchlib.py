@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from edgeres.config import PTQConfig
 from edgeres.data.fmnist import load_fmnist
 from edgeres.zoo import get_entry
 
@@ -114,6 +115,16 @@ def sqnr_centred(ref: torch.Tensor, test: torch.Tensor) -> float:
     noise = float(((ref - test) ** 2).sum())
     signal = float(((ref - ref.mean(1, keepdim=True)) ** 2).sum())
     return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))
+
+
+def parse_config(text: str) -> PTQConfig:
+    """'act_observer="mse", adaround_iters=200' -> PTQConfig (literals only)."""
+    import ast
+
+    call = ast.parse(f"f({text})", mode="eval").body
+    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+        raise ValueError(f"'{text}' is not a keyword list")
+    return PTQConfig(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
 
 
 def machine() -> dict:
