@@ -256,8 +256,8 @@ def part_fmnist(args: argparse.Namespace) -> list[dict]:
             continue
         calib = fmnist_calib(model, 512)
         graph = capture(net, calib[:1])
-        rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], True, args.smooth,
-                         args.reconstruct, output_bias=args.output_bias,
+        rows += rows_for(model, graph, calib, [fmnist_test(model, args.limit)], not args.fast,
+                         args.smooth, args.reconstruct, output_bias=args.output_bias,
                          unsmoothed=args.unsmoothed, configs=args.configs)
     return rows
 
