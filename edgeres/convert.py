@@ -27,7 +27,7 @@ from edgeres.data.specs import DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
 from edgeres.quant.plan import is_depthwise
-from edgeres.quant.ptq import layer_sqnr, quantize_graph
+from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
 from edgeres.report import write_report
 from edgeres.resolve import ResolvedModel, parse_bits, resolve_model
@@ -437,7 +437,7 @@ def convert(
             extras = _mcu_extras(stage, target, rm, gx, bundle)
         elif target.runtime == "vela":
             extras = _vela_extras(stage, target, bundle)
-        sq = layer_sqnr(qmodel, torch.from_numpy(x_eval[:4]))
+        layers = layer_errors(qmodel, torch.from_numpy(x_eval[:4]))
         from edgeres import __version__
 
         manifest.update(
@@ -462,9 +462,7 @@ def convert(
                if k in qmodel.meta},
             "export": info,
             "ops": manifest["ops"],
-            "layer_sqnr": [
-                {"layer": n, "sqnr_db": round(s, 2) if np.isfinite(s) else None} for n, s in sq
-            ],
+            "layer_sqnr": [e.to_json() for e in layers],
             **extras,
         }
         write_report(stage, report)

@@ -83,6 +83,10 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 font-size:13px;text-align:left}th{background:#f3f3f3}h1{font-size:22px}h2{font-size:17px}"""
 
 
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f} %"
+
+
 def write_report(stage: Path, report: dict) -> None:
     """Write ``report.json`` and ``report.html`` into the bundle staging folder."""
     (stage / "report.json").write_text(dumps(report))
@@ -108,9 +112,10 @@ def write_report(stage: Path, report: dict) -> None:
         worst = sorted((d for d in layers if d["sqnr_db"] is not None), key=lambda d: d["sqnr_db"])[
             :8
         ]
-        parts.append(
-            _table([(d["layer"], d["sqnr_db"]) for d in worst], ("worst layers", "SQNR dB"))
-        )
+        parts.append(_table(
+            [(d["layer"], d["sqnr_db"], _pct(d.get("clipped_pct"))) for d in worst],
+            ("worst layers", "SQNR dB", "float values clipped"),
+        ))
     ops = report.get("ops", [])
     if ops:
         parts.append("<h2>Where each op runs</h2>")

@@ -11,7 +11,7 @@ from edgeres.graph.ir import run_graph
 from edgeres.quant.observers import TensorStats, choose_range
 from edgeres.quant.plan import make_plan
 from edgeres.quant.primitives import sqnr_db
-from edgeres.quant.ptq import layer_sqnr, quantize_graph
+from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.targets import load_target
 from edgeres.zoo import create_model
 
@@ -71,8 +71,22 @@ def test_simulation_tracks_float_and_reshape_shares_qparams(mnv2) -> None:
     assert qw.bias_codes.dtype == np.int32
     expected = qm.act_qparams["input"].scale * qw.qparams.scale
     assert np.array_equal(qw.bias_qparams.scale, expected.astype(np.float32))
-    names = [n for n, _ in layer_sqnr(qm, x[:2])]
+    names = [e.layer for e in layer_errors(qm, x[:2])]
     assert names == [n.name for n in graph.nodes]
+
+
+def test_layer_errors_say_where_the_range_clips(mnv2) -> None:
+    """Scored on the calibration inputs themselves, min-max ranges clip nothing; a 99th
+    percentile clips about 1 % of some tensor's values."""
+    graph, x = mnv2
+    target = load_target("arm-cpu-tflite")
+    full = layer_errors(quantize_graph(graph, PTQConfig(act_observer="minmax"), target, x), x)
+    assert all(e.clipped_pct in (None, 0.0) for e in full)
+    assert sum(e.clipped_pct is not None for e in full) > 10
+    cut = layer_errors(quantize_graph(graph, PTQConfig(act_observer="percentile",
+                                                       percentile=99.0), target, x), x)
+    worst = max(cut, key=lambda e: e.clipped_pct or 0.0)
+    assert 0.2 < worst.clipped_pct < 5.0
 
 
 def test_bias_correction_removes_mean_shift(mnv2) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -311,13 +311,42 @@ def quantize(
     return quantize_graph(graph, cfg, target, calib, progress)
 
 
-def layer_sqnr(qmodel: QModel, x: Tensor) -> list[tuple[str, float]]:
-    """Per-layer SQNR (dB) of the simulation against the float graph on the same input."""
+@dataclass(frozen=True)
+class LayerError:
+    """One layer of the simulation against float: its output's SQNR, and how much of the float
+    output lies beyond the range its activation can represent (``None``: not quantized)."""
+
+    layer: str
+    sqnr_db: float
+    clipped_pct: float | None
+
+    def to_json(self) -> dict:
+        finite = bool(np.isfinite(self.sqnr_db))
+        return {"layer": self.layer, "sqnr_db": round(self.sqnr_db, 2) if finite else None,
+                "clipped_pct": None if self.clipped_pct is None else round(self.clipped_pct, 3)}
+
+
+def layer_errors(qmodel: QModel, x: Tensor) -> list[LayerError]:
+    """Per layer, on inputs ``x``: SQNR (dB) of the simulation against the float graph, and the
+    share of float output values more than half a step outside the quantized range. A low SQNR
+    with clipping points at the range the observer chose; without it, at the rounding."""
     from edgeres.quant.primitives import sqnr_db
 
     ref = run_graph(qmodel.graph, x, keep=True)
     sim = qmodel.simulate(x, keep=True)
-    return [(n.name, sqnr_db(ref[n.output], sim[n.output])) for n in qmodel.graph.nodes]
+    rows = []
+    for n in qmodel.graph.nodes:
+        value, qp = ref[n.output], qmodel.act_qparams.get(n.output)
+        clipped = None
+        if qp is not None and not qp.spec.per_channel:
+            half = float(qp.scale) / 2
+            lo = float(qp.dequantize(torch.tensor(qp.spec.qmin))) - half
+            hi = float(qp.dequantize(torch.tensor(qp.spec.qmax))) + half
+            clipped = 100.0 * float(((value < lo) | (value > hi)).float().mean())
+        rows.append(LayerError(n.name, sqnr_db(value, sim[n.output]), clipped))
+    return rows
 
 
-__all__ = ["quantize", "quantize_graph", "layer_sqnr", "check_calibration_data", "F"]
+__all__ = [
+    "quantize", "quantize_graph", "layer_errors", "LayerError", "check_calibration_data", "F",
+]
