@@ -72,7 +72,7 @@ def test_simulation_tracks_float_and_reshape_shares_qparams(mnv2) -> None:
     expected = qm.act_qparams["input"].scale * qw.qparams.scale
     assert np.array_equal(qw.bias_qparams.scale, expected.astype(np.float32))
     names = [e.layer for e in layer_errors(qm, x[:2])]
-    assert names == [n.name for n in graph.nodes]
+    assert names == [t.name for t in graph.inputs] + [n.name for n in graph.nodes]
 
 
 def test_layer_errors_say_where_the_range_clips(mnv2) -> None:
