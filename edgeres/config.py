@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from edgeres.errors import UserError
 
@@ -100,10 +100,9 @@ class PTQConfig(_JsonConfig):
             raise UserError(f"act_bits must be 8 or 16, got {self.act_bits}")
         if self.weight_observer not in ("minmax", "mse"):
             raise UserError(f"weight_observer must be minmax|mse, got '{self.weight_observer}'")
-        if self.act_observer not in ("minmax", "percentile", "mse", "entropy"):
-            raise UserError(
-                f"act_observer must be minmax|percentile|mse|entropy, got '{self.act_observer}'"
-            )
+        if self.act_observer not in get_args(ActObserver):
+            raise UserError(f"act_observer must be {'|'.join(get_args(ActObserver))}, got "
+                            f"'{self.act_observer}'")
         if self.adaround_iters < 0:
             raise UserError(f"adaround_iters must be >= 0, got {self.adaround_iters}")
         if self.reconstruct_iters < 0:
