@@ -205,6 +205,8 @@ def test_observer_sets_the_activation_ranges(weights, tmp_path) -> None:
     assert main(argv) == 0
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["config"]["act_observer"] == "minmax"
+    assert {"subject": "activation ranges", "decision": "calibration min-max"}.items() <= next(
+        d for d in report["plan"]["report"] if d["subject"] == "activation ranges").items()
     clipped = [d["clipped_pct"] for d in report["layer_sqnr"] if d["clipped_pct"] is not None]
     assert len(clipped) > 10 and all(0.0 <= c <= 100.0 for c in clipped)
     assert "float values clipped" in (tmp_path / "cli" / "report.html").read_text()

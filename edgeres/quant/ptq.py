@@ -90,6 +90,14 @@ def collect_stats(
     return stats
 
 
+_RANGE_RULES = {  # how each observer sets a tensor's range, for the plan report
+    "percentile": "{pct}th percentile of the calibration values",
+    "minmax": "calibration min-max",
+    "mse": "the clip with the least expected squared error",
+    "entropy": "KL-optimal |x| threshold (TensorRT's calibration)",
+}
+
+
 def activation_qparams(
     plan: QuantPlan, stats: dict[str, TensorStats], cfg: PTQConfig,
     outputs: Collection[str] = (), progress: bool = False,
@@ -173,6 +181,9 @@ def quantize_graph(
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
     asked = cfg.smooth_alpha is not None
     cfg = replace(cfg, smooth_alpha=smooth_alpha_for(cfg, plan, bool(weight_overrides)))
+    plan.report.append(Decision("activation ranges", _RANGE_RULES[cfg.act_observer].format(
+        pct=cfg.percentile), f"model outputs: calibration min-max x {cfg.output_headroom}, "
+        "never clipped (a clipped top logit ties with its neighbours)"))
     if cfg.smooth_alpha > 0:  # a decision the report should explain, like the plan's own
         plan.report.append(Decision("activations", f"smoothed, alpha {cfg.smooth_alpha}", (
             "asked for" if asked else "the default for W8A8 plans with per-channel weights "
