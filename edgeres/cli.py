@@ -287,6 +287,8 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
     if s.get("expected_agreement") is not None:
         table.add_row("expected_agreement",
                       f"{s['expected_agreement']:.1f} +- {s['agreement_sd']:.1f} (at this noise)")
+    if s.get("worst_layer"):
+        table.add_row("worst_layer", s["worst_layer"])
     for key in ("tflm_arena_bytes", "arena_budget_bytes"):
         if key in result.manifest:
             table.add_row(key, _fmt(result.manifest[key]))

@@ -196,7 +196,7 @@ def test_ptq_options_give_a_bundle_that_checks_and_says_what_it_did(
     assert says(report[section])
 
 
-def test_observer_sets_the_activation_ranges(weights, tmp_path) -> None:
+def test_observer_sets_the_activation_ranges(weights, tmp_path, capsys) -> None:
     """--observer reaches the plan and the report; min-max ranges cover every calibration
     value, so its steps are at least the percentile observer's on every activation."""
     argv = ["convert", "mobilenet_v2_fmnist", "--weights", weights, "--out", str(tmp_path / "cli"),
@@ -205,6 +205,10 @@ def test_observer_sets_the_activation_ranges(weights, tmp_path) -> None:
     assert main(argv) == 0
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["config"]["act_observer"] == "minmax"
+    worst = min((d for d in report["layer_sqnr"] if d["sqnr_db"] is not None),
+                key=lambda d: d["sqnr_db"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["worst_layer"].startswith(f"{worst['layer']}: {worst['sqnr_db']} dB")
     assert {"subject": "activation ranges", "decision": "calibration min-max"}.items() <= next(
         d for d in report["plan"]["report"] if d["subject"] == "activation ranges").items()
     clipped = [d["clipped_pct"] for d in report["layer_sqnr"] if d["clipped_pct"] is not None]
