@@ -328,6 +328,21 @@ def test_spec_parse_errors(text, message):
         DataSpec.parse(text)
 
 
+def test_bare_paths_read_as_what_they_name(tmp_path):
+    assert DataSpec.parse("calib.npz@8") == DataSpec("npz", "calib.npz", 8)
+    assert DataSpec.parse(str(tmp_path)) == DataSpec("folder", str(tmp_path))
+    x = torch.randn(6, 1, 8, 8)
+    save_npz(tmp_path / "d.npz", x, None)
+    path = tmp_path / "d.npz"
+    bare, named = (load_spec(s, GREY, 1, 8) for s in (str(path), f"npz:{path}"))
+    assert torch.equal(bare.x, named.x) and bare.name == named.name
+    (tmp_path / "one.png").write_bytes(b"")
+    with pytest.raises(UserError, match="is a file that is not an .npz"):
+        DataSpec.parse(str(tmp_path / "one.png"))
+    with pytest.raises(UserError, match="no such folder or .npz file"):
+        DataSpec.parse(str(tmp_path / "missing"))
+
+
 def test_spec_checks_the_model_shape():
     with pytest.raises(UserError, match=r"3-channel.*\[N, 1, 28, 28\]"):
         load_spec("imagenet-samples", GREY, 1, 28)

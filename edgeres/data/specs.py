@@ -17,6 +17,9 @@ spec                     what
                          statistics (32 unless a count is given; needs the model)
 =======================  ==============================================================
 
+A bare path is read as what it names: ``calib.npz`` as ``npz:calib.npz``, an existing
+folder as ``folder:PATH``.
+
 ``@N`` after any spec takes N samples: a seeded random subset of a fixed set (sorted, so
 ``fmnist:train@512`` is always the same 512 images), or N generated inputs for ``photos`` and
 ``synthetic``.
@@ -51,6 +54,22 @@ DEFAULT_COUNT = {"photos": 128, "synthetic": 32}
 _COUNT_RE = re.compile(r"^(.*)@([-+]?[\d.]*)$")  # "@5", and "@-3" / "@" to refuse
 
 
+def _bare_path(text: str) -> tuple[str, str] | None:
+    """``calib.npz`` or an existing folder, typed without ``npz:`` / ``folder:`` (what people
+    type first); a path-like text that names nothing gets its own error, not "unknown spec"."""
+    path = Path(text).expanduser()
+    if text.lower().endswith(".npz"):
+        return "npz", text
+    if path.is_dir():
+        return "folder", text
+    if path.is_file():
+        raise UserError(f"data spec '{text}' is a file that is not an .npz: give the folder "
+                        "that holds the images, or an .npz (np.savez(path, images=...))")
+    if "/" in text or "\\" in text:
+        raise UserError(f"data spec '{text}': no such folder or .npz file")
+    return None
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A parsed spec: ``kind[:arg][@count]``."""
@@ -72,6 +91,8 @@ class DataSpec:
             count = int(n)
         kind, _, arg = text.partition(":")
         kind = kind.strip().lower()
+        if kind not in KINDS and (bare := _bare_path(text)):
+            kind, arg = bare
         if kind not in KINDS:
             raise UserError(f"unknown data spec '{text}'. Known: fmnist:train, fmnist:test, "
                             "imagenet-samples, imagenet-agreement, imagenet-10crop, photos, "
