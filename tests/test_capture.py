@@ -79,6 +79,17 @@ def test_unsupported_module_is_named() -> None:
         capture(m, torch.zeros(1, 1, 8, 8))
 
 
+def test_unsupported_function_names_the_source_line() -> None:
+    class Spectral(nn.Module):
+        def forward(self, x):
+            return torch.fft.fft2(x).real  # the line the error must point at
+
+    line = Spectral.forward.__code__.co_firstlineno + 1
+    with pytest.raises(UserError, match=rf"'fft_fft2'.* at test_capture.py:{line} "
+                                        r"\(return torch.fft.fft2\(x\).real"):
+        capture(Spectral(), torch.zeros(1, 1, 4, 4))
+
+
 def test_rank_above_four_is_rejected_with_location() -> None:
     class Rank6(nn.Module):
         def forward(self, x):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import operator
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +72,21 @@ class _Recorder(fx.Interpreter):
         return value
 
 
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in \S+\n(?P<code>[^\n]*)')
+
+
+def _source(n: fx.Node) -> str:
+    """`` at net.py:11 (y = torch.fft.fft2(x))``: the user's line that made ``n``, taken from
+    the trace's recorded stack (torch's and edgeres's own frames skipped); "" if unknown."""
+    frames = [m for m in _FRAME.finditer(n.stack_trace or "")
+              if not re.search(r"[/\\](torch|edgeres[/\\]graph)[/\\]", m["file"])]
+    if not frames:
+        return ""
+    last = frames[-1]
+    code = last["code"].strip()
+    return f" at {Path(last['file']).name}:{last['line']}" + (f" ({code})" if code else "")
+
+
 def _scope(n: fx.Node) -> str:
     stack = n.meta.get("nn_module_stack") or {}
     return list(stack)[-1] if stack else ""
@@ -101,7 +118,7 @@ class _Builder:
     def where(self, n: fx.Node) -> str:
         target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", n.target)
         scope = f" in '{_scope(n)}'" if _scope(n) else ""
-        return f"{n.op} '{target}'{scope}"
+        return f"{n.op} '{target}'{scope}{_source(n)}"
 
     def unique(self, base: str) -> str:
         name, i = base, 1
@@ -298,7 +315,8 @@ def _call(b: _Builder, n: fx.Node) -> None:
         b.emit(n, "mean", [b.tensor(n.args[0], n)], {"axes": [2, 3], "keepdims": True})
     else:
         name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
-        raise UserError(f"unsupported operation '{name}' ({b.where(n)}): no edgeres IR op for it")
+        raise UserError(f"unsupported operation '{name}' ({b.where(n)}): edgeres has no IR op "
+                        "for it; replace it, or keep it outside the exported model")
 
 
 def capture(model: nn.Module, example: Tensor, canonical: bool = True) -> Graph:
@@ -309,7 +327,24 @@ def capture(model: nn.Module, example: Tensor, canonical: bool = True) -> Graph:
     """
     model = model.eval()
     try:
-        gm = fx.GraphModule(model, _Tracer().trace(model))
+        graph = _build(model, example, record_sources=False)
+    except UserError:
+        # Recording Python stacks makes tracing ~1 s slower, so only a failing model pays
+        # for it: the same walk fails again at the same node, now naming the user's line.
+        graph = _build(model, example, record_sources=True)
+    if canonical:
+        graph = canonicalize(graph)
+    if len(graph.outputs) == 1 and graph.outputs[0] not in [i.name for i in graph.inputs]:
+        graph = rename_tensor(graph, graph.outputs[0], "logits")
+    return graph
+
+
+def _build(model: nn.Module, example: Tensor, record_sources: bool) -> Graph:
+    """fx-trace ``model``, run it once on ``example``, and walk the trace into IR nodes."""
+    try:
+        tracer = _Tracer()
+        tracer.record_stack_traces = record_sources
+        gm = fx.GraphModule(model, tracer.trace(model))
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
         raise UserError(
             f"cannot trace {type(model).__name__} with torch.fx: {exc}. Models must not branch "
@@ -338,12 +373,7 @@ def capture(model: nn.Module, example: Tensor, canonical: bool = True) -> Graph:
             result = n.args[0]
             results = result if isinstance(result, (tuple, list)) else [result]
             outputs = [b.tensor(r, n) for r in results]
-    graph = Graph(b.nodes, inputs, outputs, b.shapes)
-    if canonical:
-        graph = canonicalize(graph)
-    if len(graph.outputs) == 1 and graph.outputs[0] not in [i.name for i in graph.inputs]:
-        graph = rename_tensor(graph, graph.outputs[0], "logits")
-    return graph
+    return Graph(b.nodes, inputs, outputs, b.shapes)
 
 
 def rename_tensor(graph: Graph, old: str, new: str) -> Graph:
