@@ -328,7 +328,7 @@ def test_spec_parse_errors(text, message):
         DataSpec.parse(text)
 
 
-def test_bare_paths_read_as_what_they_name(tmp_path):
+def test_bare_paths_read_as_what_they_name(tmp_path, monkeypatch):
     assert DataSpec.parse("calib.npz@8") == DataSpec("npz", "calib.npz", 8)
     assert DataSpec.parse(str(tmp_path)) == DataSpec("folder", str(tmp_path))
     x = torch.randn(6, 1, 8, 8)
@@ -336,6 +336,10 @@ def test_bare_paths_read_as_what_they_name(tmp_path):
     path = tmp_path / "d.npz"
     bare, named = (load_spec(s, GREY, 1, 8) for s in (str(path), f"npz:{path}"))
     assert torch.equal(bare.x, named.x) and bare.name == named.name
+    home = tmp_path / "home"
+    save_npz(home / "h.npz", x, None)
+    monkeypatch.setenv("HOME", str(home))
+    assert torch.equal(load_spec("npz:~/h.npz", GREY, 1, 8).x, x)  # no shell expands it there
     (tmp_path / "one.png").write_bytes(b"")
     with pytest.raises(UserError, match="is a file that is not an .npz"):
         DataSpec.parse(str(tmp_path / "one.png"))

@@ -220,11 +220,12 @@ def load_spec(
         x = photo_calibration_set(preprocess, count or DEFAULT_COUNT["photos"], seed=seed,
                                   size=img_size)
     elif parsed.kind == "folder":
-        files = list_image_folder(Path(parsed.arg))[0]
+        root = Path(parsed.arg).expanduser()  # "folder:~/x": no shell expands that tilde
+        files = list_image_folder(root)[0]
         pick = [files[i] for i in subset_indices(len(files), count, seed, where)]
-        x, y, _ = load_image_folder(Path(parsed.arg), preprocess, in_chans, img_size, pick)
+        x, y, _ = load_image_folder(root, preprocess, in_chans, img_size, pick)
     elif parsed.kind == "npz":
-        x, y = load_npz(Path(parsed.arg), preprocess, in_chans, img_size)
+        x, y = load_npz(Path(parsed.arg).expanduser(), preprocess, in_chans, img_size)
         idx = torch.from_numpy(subset_indices(len(x), count, seed, where))
         x, y = x[idx], (None if y is None else y[idx])
     else:  # synthetic
