@@ -107,6 +107,8 @@ def load_bundle(root: Path, verify: bool = True) -> Bundle:
     """Read ``root/manifest.json`` and check every listed file exists with its sha256."""
     root = Path(root)
     mpath = root / MANIFEST
+    if not root.exists():
+        raise UserError(f"bundle '{root}' does not exist (write one with `edgeres convert`)")
     if not mpath.is_file():
         raise UserError(f"'{root}' is not a bundle: {MANIFEST} is missing")
     try:

@@ -25,6 +25,23 @@ app = typer.Typer(
 out = Console()
 
 
+def _print_version(show: bool) -> None:
+    if show:
+        import edgeres
+
+        print(f"edgeres {edgeres.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    )] = False,
+) -> None:
+    """Quantize residual mobile networks and ship them, checked, to devices."""
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"

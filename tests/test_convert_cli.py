@@ -136,7 +136,10 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
         (["convert", "mobilenet_v2_fmnist", "--bits", "8bit"], "--bits must look like"),
         (["convert", "mobilenet_v2_fmnist", "--calib", "fmnist:valid"], "fmnist"),
         (["convert", "/no/such.pth"], "does not exist"),
-        (["check", "/no/such/bundle"], "not a bundle"),
+        (["check", "/no/such/bundle"], "bundle '/no/such/bundle' does not exist"),
+        (["check", "/"], "'/' is not a bundle: manifest.json is missing"),
+        (["convert", "mobilenet_v2_fmnist", "--calib", "/no/such/calib"],
+         "no such folder or .npz file"),
         (["convert", "mobilenet_v2_fmnist", "--smooth", "1.5"], "smooth_alpha must be in"),
         (["convert", "mobilenet_v2_fmnist", "--scheme", "rex", "--smooth", "0.5"],
          "--smooth applies to --scheme ptq only"),
@@ -255,6 +258,13 @@ def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
     # the gate's message gives the expected agreement, the one in report.json
     assert f"expected at this noise level: {metrics['expected_agreement']:.1f}" in out.err
     assert 0 <= metrics["agreement_sd"] < 5
+
+
+def test_version(capsys) -> None:
+    import edgeres
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"edgeres {edgeres.__version__}"
 
 
 def test_targets_zoo_explain(capsys) -> None:
