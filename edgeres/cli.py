@@ -168,7 +168,7 @@ def convert(
     ] = False,
     observer: Annotated[
         str, typer.Option(help="activation ranges: percentile | mse | minmax | entropy "
-                               "(the model's outputs are never clipped)")
+                               "(the model's inputs and outputs are never clipped)")
     ] = "percentile",
     percentile: Annotated[
         float, typer.Option(help="the percentile observer's coverage, in %")

@@ -58,6 +58,8 @@ class PTQConfig(_JsonConfig):
     ``output_headroom``. A clipped top logit ties with its neighbours and argmax then picks
     at random; calibration images are rarely as confident as the images a deployed model
     sees (MobileNetV2-1.0: photo crops reach logit 23, ImageNet views 29; BENCHMARKS.md).
+    Nor are its inputs: they keep the calibration min-max (a clipped pixel is lost to every
+    later layer; only observers that clip, such as entropy, are affected).
 
     ``smooth_alpha > 0`` first rescales activation channels (and the weights around them) so
     that one per-tensor step suits every channel (:mod:`edgeres.graph.smooth`); the float

@@ -89,6 +89,18 @@ def test_layer_errors_say_where_the_range_clips(mnv2) -> None:
     assert 0.2 < worst.clipped_pct < 5.0
 
 
+@pytest.mark.parametrize("observer", ["percentile", "mse", "entropy"])
+def test_model_input_is_never_clipped(mnv2, observer) -> None:
+    """Whatever the observer does inside the network, the model input keeps its calibration
+    min-max: a clipped pixel is lost to every later layer."""
+    graph, x = mnv2
+    qm = quantize_graph(graph, PTQConfig(act_observer=observer, percentile=99.0),
+                        load_target("arm-cpu-tflite"), x)
+    errors = {e.layer: e for e in layer_errors(qm, x)}
+    assert errors["input"].clipped_pct == 0.0
+    assert max(e.clipped_pct or 0.0 for e in errors.values()) > 0.01  # others still clip
+
+
 def test_bias_correction_removes_mean_shift(mnv2) -> None:
     graph, x = mnv2
     target = load_target("npu-int8-per-tensor")  # per-tensor: large weight error to correct

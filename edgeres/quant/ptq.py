@@ -100,10 +100,13 @@ _RANGE_RULES = {  # how each observer sets a tensor's range, for the plan report
 
 def activation_qparams(
     plan: QuantPlan, stats: dict[str, TensorStats], cfg: PTQConfig,
-    outputs: Collection[str] = (), progress: bool = False,
+    outputs: Collection[str] = (), progress: bool = False, inputs: Collection[str] = (),
 ) -> dict[str, QParams]:
-    """Every planned tensor's QParams; ``outputs`` (the model's) get min-max x headroom.
-    (The entropy search takes ~0.1 s a tensor, hence the progress bar.)"""
+    """Every planned tensor's QParams; ``outputs`` (the model's) get min-max x headroom and
+    ``inputs`` (the model's) min-max: a clipped pixel is information no layer can get back,
+    and an input's range is bounded by its preprocessing anyway (only observers that clip,
+    such as entropy, change by this). (The entropy search takes ~0.1 s a tensor, hence the
+    progress bar.)"""
     out: dict[str, QParams] = {}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{cfg.act_observer} ranges", total=len(plan.act_specs))
@@ -114,6 +117,8 @@ def activation_qparams(
                 continue
             if t in outputs:
                 lo, hi = stats[t].lo * cfg.output_headroom, stats[t].hi * cfg.output_headroom
+            elif t in inputs:
+                lo, hi = stats[t].lo, stats[t].hi
             else:
                 lo, hi = choose_range(stats[t], cfg.act_observer, spec.qmax - spec.qmin + 1,
                                       cfg.percentile)
@@ -183,7 +188,8 @@ def quantize_graph(
     cfg = replace(cfg, smooth_alpha=smooth_alpha_for(cfg, plan, bool(weight_overrides)))
     plan.report.append(Decision("activation ranges", _RANGE_RULES[cfg.act_observer].format(
         pct=cfg.percentile), f"model outputs: calibration min-max x {cfg.output_headroom}, "
-        "never clipped (a clipped top logit ties with its neighbours)"))
+        "never clipped (a clipped top logit ties with its neighbours); model inputs: "
+        "calibration min-max (a clipped pixel cannot be recovered)"))
     if cfg.smooth_alpha > 0:  # a decision the report should explain, like the plan's own
         plan.report.append(Decision("activations", f"smoothed, alpha {cfg.smooth_alpha}", (
             "asked for" if asked else "the default for W8A8 plans with per-channel weights "
@@ -196,7 +202,8 @@ def quantize_graph(
         graph, stats, smooth_report = _smoothed_stats(graph, plan, calib, cfg, progress)
     else:
         stats = collect_stats(graph, plan, calib, cfg, progress)
-    act_qp = activation_qparams(plan, stats, cfg, outputs=graph.outputs, progress=progress)
+    act_qp = activation_qparams(plan, stats, cfg, outputs=graph.outputs, progress=progress,
+                                inputs=[i.name for i in graph.inputs])
     weights: dict[str, QuantWeight] = {}
     for node in graph.nodes:
         spec = plan.weight_specs.get(node.name)
