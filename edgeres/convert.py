@@ -118,12 +118,14 @@ class ConvertResult:
             "size_bytes": self.manifest["size_bytes"],
             **m,
         }
-        scored = [d for d in self.report.get("layer_sqnr", []) if d["sqnr_db"] is not None]
-        if scored:  # where to look first when the figures disappoint
-            worst = min(scored, key=lambda d: d["sqnr_db"])
+        scored = [d for d in self.report.get("layer_sqnr", []) if d.get("local_sqnr_db")]
+        if scored:  # where to look first when the figures disappoint: where error enters
+            worst = min(scored, key=lambda d: d["local_sqnr_db"])
             clipped = worst.get("clipped_pct")
-            out["worst_layer"] = f"{worst['layer']}: {worst['sqnr_db']} dB" + (
-                "" if clipped is None else f", {clipped:.2f} % of its values clipped")
+            out["worst_layer"] = (
+                f"{worst['layer']}: {worst['local_sqnr_db']} dB alone, {worst['sqnr_db']} dB "
+                "cumulative" + ("" if clipped is None else f", {clipped:.2f} % of its values "
+                                "clipped"))
         if self.bench:
             out["bench"] = self.bench
         return out

@@ -27,19 +27,28 @@ def _svg(fig) -> str:  # noqa: ANN001 - matplotlib Figure
     return text[text.index("<svg") :]
 
 
-def sqnr_plot(layers: list[tuple[str, float]]) -> str:
-    """Per-layer SQNR of the integer simulation against the float graph, in graph order."""
-    names = [n for n, _ in layers]
-    values = [v if math.isfinite(v) else 80.0 for _, v in layers]
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    ax.bar(range(len(values)), values, color="#3b7dd8")
+def sqnr_plot(layers: list[tuple[str, float, float]]) -> str:
+    """Per layer, in graph order: the SQNR of the layer quantized alone (bars: where error
+    enters) and of the whole simulation up to it (line: how it accumulates), against float.
+    ``layers``: (name, cumulative dB, local dB); inf (nothing lost): no bar, or the line at
+    the top."""
+    names = [n for n, _, _ in layers]
+    cumulative = [c if math.isfinite(c) else 80.0 for _, c, _ in layers]
+    local = [loc if math.isfinite(loc) else 0.0 for _, _, loc in layers]
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    ax.bar(range(len(local)), local, color="#9cc3f0",
+           label="this layer alone (no bar: it adds no error)")
+    ax.plot(range(len(cumulative)), cumulative, color="#1f4e8c", marker=".", linewidth=1.2,
+            label="cumulative (what the device computes there)")
     ax.set_ylabel("SQNR vs float (dB)")
     ax.set_xlabel("layer (graph order)")
-    ax.set_title("Where quantization error enters: per-layer SQNR")
+    ax.set_title("Where quantization error enters (bars) and how it accumulates (line)")
+    ax.set_ylim(0, min(80.0, max(local + cumulative, default=40.0) + 5))
     step = max(1, len(names) // 20)
     ax.set_xticks(range(0, len(names), step))
     ax.set_xticklabels([names[i] for i in range(0, len(names), step)], rotation=70, fontsize=6)
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7)
     return _svg(fig)
 
 
@@ -101,20 +110,18 @@ def write_report(stage: Path, report: dict) -> None:
     layers = report.get("layer_sqnr", [])
     if layers:
         parts.append("<h2>Per-layer SQNR (simulation vs float)</h2>")
-        parts.append(
-            sqnr_plot(
-                [
-                    (d["layer"], d["sqnr_db"] if d["sqnr_db"] is not None else math.inf)
-                    for d in layers
-                ]
-            )
-        )
-        worst = sorted((d for d in layers if d["sqnr_db"] is not None), key=lambda d: d["sqnr_db"])[
-            :8
-        ]
+
+        def db(v: float | None) -> float:
+            return math.inf if v is None else v
+
+        parts.append(sqnr_plot([(d["layer"], db(d["sqnr_db"]), db(d.get("local_sqnr_db")))
+                                for d in layers]))
+        worst = sorted((d for d in layers if d.get("local_sqnr_db") is not None),
+                       key=lambda d: d["local_sqnr_db"])[:8]
         parts.append(_table(
-            [(d["layer"], d["sqnr_db"], _pct(d.get("clipped_pct"))) for d in worst],
-            ("worst layers", "SQNR dB", "float values clipped"),
+            [(d["layer"], d["local_sqnr_db"], d["sqnr_db"], _pct(d.get("clipped_pct")))
+             for d in worst],
+            ("layers adding the most error", "alone dB", "cumulative dB", "float values clipped"),
         ))
     ops = report.get("ops", [])
     if ops:

@@ -208,10 +208,11 @@ def test_observer_sets_the_activation_ranges(weights, tmp_path, capsys) -> None:
     assert main(argv) == 0
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["config"]["act_observer"] == "minmax"
-    worst = min((d for d in report["layer_sqnr"] if d["sqnr_db"] is not None),
-                key=lambda d: d["sqnr_db"])
+    worst = min((d for d in report["layer_sqnr"] if d["local_sqnr_db"] is not None),
+                key=lambda d: d["local_sqnr_db"])
     printed = json.loads(capsys.readouterr().out)
-    assert printed["worst_layer"].startswith(f"{worst['layer']}: {worst['sqnr_db']} dB")
+    assert printed["worst_layer"].startswith(
+        f"{worst['layer']}: {worst['local_sqnr_db']} dB alone, {worst['sqnr_db']} dB cumulative")
     assert {"subject": "activation ranges", "decision": "calibration min-max"}.items() <= next(
         d for d in report["plan"]["report"] if d["subject"] == "activation ranges").items()
     clipped = [d["clipped_pct"] for d in report["layer_sqnr"] if d["clipped_pct"] is not None]

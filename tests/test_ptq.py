@@ -1,5 +1,7 @@
 """PTQ: plans honour targets and say why; calibration and bias correction behave; bad data fails."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -73,6 +75,32 @@ def test_simulation_tracks_float_and_reshape_shares_qparams(mnv2) -> None:
     assert np.array_equal(qw.bias_qparams.scale, expected.astype(np.float32))
     names = [e.layer for e in layer_errors(qm, x[:2])]
     assert names == [t.name for t in graph.inputs] + [n.name for n in graph.nodes]
+
+
+def test_local_sqnr_is_the_layer_quantized_alone(mnv2) -> None:
+    """A layer's local SQNR is the simulation's at that layer when only its inputs' rounding,
+    its weights and its output are quantized, against only its inputs' rounding: it never
+    counts what came before, and a reshape (same grid in and out) adds nothing."""
+    graph, x = mnv2
+    qm = quantize_graph(graph, PTQConfig(), load_target("arm-cpu-tflite"), x)
+    rows = {e.layer: e for e in layer_errors(qm, x[:4])}
+    for name in ("features.0.0", "features.3.conv.1.0", "classifier.1"):  # one input each
+        node = qm.graph.node(name)  # qm.graph: smoothed by default
+        inputs = {i: qm.act_qparams[i] for i in node.inputs}
+        before = replace(qm, act_qparams=inputs, weights={})
+        alone = replace(qm, act_qparams={**inputs, node.output: qm.act_qparams[node.output]},
+                        weights={k: v for k, v in qm.weights.items() if k == name})
+        expected = sqnr_db(before.simulate(x[:4], keep=True)[node.output],
+                           alone.simulate(x[:4], keep=True)[node.output])
+        assert rows[name].local_sqnr_db == pytest.approx(expected, abs=1e-9), name
+        assert rows[name].local_sqnr_db > rows[name].sqnr_db, name  # upstream error excluded
+    add = qm.graph.node("features.3.add")  # two inputs, each the float value rounded once
+    ref = run_graph(qm.graph, x[:4], keep=True)
+    a, b = (qm.act_qparams[i].fake_quantize(ref[i]) for i in add.inputs)
+    assert rows[add.name].local_sqnr_db == pytest.approx(
+        sqnr_db(a + b, qm.act_qparams[add.output].fake_quantize(a + b)), abs=1e-9)
+    assert rows["reshape"].local_sqnr_db == float("inf") > rows["reshape"].sqnr_db
+    assert rows["input"].local_sqnr_db == rows["input"].sqnr_db
 
 
 def test_layer_errors_say_where_the_range_clips(mnv2) -> None:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from edgeres.config import PTQConfig
 from edgeres.errors import UserError
 from edgeres.graph.capture import capture
-from edgeres.graph.ir import Graph, Node, run_graph
+from edgeres.graph.ir import OPS, Graph, Node, run_graph
 from edgeres.qtypes import QParams, QSpec, bias_qparams
 from edgeres.quant.observers import TensorStats, choose_range
 from edgeres.quant.plan import Decision, QuantPlan, make_plan
@@ -335,39 +335,65 @@ def quantize(
 
 @dataclass(frozen=True)
 class LayerError:
-    """One layer of the simulation against float: its output's SQNR, and how much of the float
-    output lies beyond the range its activation can represent (``None``: not quantized)."""
+    """One layer of the simulation against float.
+
+    ``sqnr_db``: its output against float with every earlier layer's error included (what the
+    device computes there). ``local_sqnr_db``: the layer alone, its inputs the float values
+    rounded onto their grids, against the same layer in float, so only its own weights and
+    output rounding count: where error enters rather than where it has piled up (``inf``
+    for a layer that adds none: a reshape, a layer kept in float). ``clipped_pct``: the share
+    of the float output beyond the range its activation can represent (``None``: not
+    quantized)."""
 
     layer: str
     sqnr_db: float
     clipped_pct: float | None
+    local_sqnr_db: float = float("inf")
 
     def to_json(self) -> dict:
-        finite = bool(np.isfinite(self.sqnr_db))
-        return {"layer": self.layer, "sqnr_db": round(self.sqnr_db, 2) if finite else None,
+        def db(v: float) -> float | None:
+            return round(v, 2) if np.isfinite(v) else None
+
+        return {"layer": self.layer, "sqnr_db": db(self.sqnr_db),
+                "local_sqnr_db": db(self.local_sqnr_db),
                 "clipped_pct": None if self.clipped_pct is None else round(self.clipped_pct, 3)}
+
+
+def _clipped_pct(value: Tensor, qp: QParams | None) -> float | None:
+    """Share (%) of ``value`` more than half a step outside what ``qp`` represents."""
+    if qp is None or qp.spec.per_channel:
+        return None
+    half = float(qp.scale) / 2
+    lo = float(qp.dequantize(torch.tensor(qp.spec.qmin))) - half
+    hi = float(qp.dequantize(torch.tensor(qp.spec.qmax))) + half
+    return 100.0 * float(((value < lo) | (value > hi)).float().mean())
 
 
 def layer_errors(qmodel: QModel, x: Tensor) -> list[LayerError]:
     """Per layer (the model's inputs first), on inputs ``x``: SQNR (dB) of the simulation
-    against the float graph, and the share of float output values more than half a step
-    outside the quantized range. A low SQNR with clipping points at the range the observer
+    against the float graph, cumulative and local (see :class:`LayerError`), and the share of
+    float output values clipped. A low SQNR with clipping points at the range the observer
     chose; without it, at the rounding."""
     from edgeres.quant.primitives import sqnr_db
 
     ref = run_graph(qmodel.graph, x, keep=True)
     sim = qmodel.simulate(x, keep=True)
-    rows = []
-    named = [(t.name, t.name) for t in qmodel.graph.inputs]  # the input's own quantization
-    for layer, tensor in named + [(n.name, n.output) for n in qmodel.graph.nodes]:
-        value, qp = ref[tensor], qmodel.act_qparams.get(tensor)
-        clipped = None
-        if qp is not None and not qp.spec.per_channel:
-            half = float(qp.scale) / 2
-            lo = float(qp.dequantize(torch.tensor(qp.spec.qmin))) - half
-            hi = float(qp.dequantize(torch.tensor(qp.spec.qmax))) + half
-            clipped = 100.0 * float(((value < lo) | (value > hi)).float().mean())
-        rows.append(LayerError(layer, sqnr_db(value, sim[tensor]), clipped))
+    rows = [LayerError(t.name, sqnr_db(ref[t.name], sim[t.name]),
+                       _clipped_pct(ref[t.name], qmodel.act_qparams.get(t.name)),
+                       sqnr_db(ref[t.name], sim[t.name]))  # the input's own quantization
+            for t in qmodel.graph.inputs]
+    params, acts = qmodel.param_overrides(), qmodel.act_qparams
+    for node in qmodel.graph.nodes:
+        value, qp = ref[node.output], acts.get(node.output)
+        # its inputs rounded once onto their own grids (error that entered upstream), then
+        # the layer in float against the layer as the integer model runs it
+        on_grid = [acts[i].fake_quantize(ref[i]) if i in acts else ref[i] for i in node.inputs]
+        exact = OPS[node.op](node, on_grid, {k: v.double() for k, v in node.params.items()})
+        own = {k: v.double() for k, v in params.get(node.name, node.params).items()}
+        alone = OPS[node.op](node, on_grid, own)
+        alone = qp.fake_quantize(alone) if qp is not None else alone
+        rows.append(LayerError(node.name, sqnr_db(value, sim[node.output]),
+                               _clipped_pct(value, qp), sqnr_db(exact, alone)))
     return rows
 
 
