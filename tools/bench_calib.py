@@ -15,7 +15,9 @@ Calibration sources (128 inputs each, int8 per-channel on ``arm-cpu-tflite``, si
   steps, the ``synthetic`` spec's default; about 12 minutes on one core).
 
 Scores: top-1 on the 20 labelled samples, agreement with float and logits SQNR on those plus
-the 240 crop/flip views. ``--configs`` are ``PTQConfig`` keyword lists ("" = the defaults).
+the 240 crop/flip views; with ``--protocol ten-crop``, on the standard ten-crop views
+(200, what ``evalbundle.py`` scores), top-1 on their 20 centre crops. ``--configs`` are
+``PTQConfig`` keyword lists ("" = the defaults).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from benchlib import (  # noqa: E402
     agreement,
     batched_logits,
     imagenet_sets,
+    imagenet_ten_crop,
     machine,
     parse_config,
     print_table,
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES[:4]))
     ap.add_argument("--configs", nargs="+", default=[""], help="PTQConfig keyword lists")
+    ap.add_argument("--protocol", choices=("260", "ten-crop"), default="260",
+                    help="the 20 images + 240 views, or the standard ten-crop views")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_calib.json"))
     args = ap.parse_args(argv)
@@ -82,15 +87,21 @@ def main(argv: list[str] | None = None) -> int:
 
     s20, crops, photos = imagenet_sets()
     x = torch.cat([s20.x, crops.x])
+    image_id = source_image_ids(len(s20.x), len(crops.x))
+    labelled, labels = torch.arange(20), s20.y  # where top-1 is scored
+    if args.protocol == "ten-crop":
+        views, _ = imagenet_ten_crop()
+        x, image_id = views.x, torch.arange(len(views.x)) // 10  # ten views per image
+        labelled, labels = torch.arange(0, len(x), 10), views.y[::10]  # the centre crops
     net = create_model("mobilenet_v2_100", pretrained=True)
     graph = capture(net, photos[:1])
     ref = batched_logits(lambda b: run_graph(graph, b)[graph.outputs[0]], x, batch=20)
     top2 = ref.topk(2, dim=1).values
     near_ties = int((top2[:, 0] - top2[:, 1] < 0.5).sum())
     print(f"{near_ties} of {len(x)} inputs have a float top-1/top-2 logit margin under 0.5")
-    image_id = source_image_ids(len(s20.x), len(crops.x))
     assert len(image_id) == len(x), "agreement set layout changed"
-    rows = [{"source": "float", "config": "", "top1": top1(ref[:20], s20.y), "agreement": 100.0}]
+    rows = [{"source": "float", "config": "", "top1": top1(ref[labelled], labels),
+             "agreement": 100.0}]
     synthetic: torch.Tensor | None = None
     for source in args.sources:
         for text, cfg in configs.items():
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = quantized_logits(graph, cfg, calib, x)
             rows.append({
                 "source": source, "config": text or "defaults",
-                "top1": top1(out[:20], s20.y), "agreement": agreement(ref, out),
+                "top1": top1(out[labelled], labels), "agreement": agreement(ref, out),
                 "sqnr_db": sqnr(ref, out), "seconds": round(time.perf_counter() - t0, 1),
             })
             print(rows[-1], flush=True)
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["source", "config", "top1", "agreement", "sqnr_db", "seconds"])
     write_json(args.out, {"command": "python tools/bench_calib.py " + " ".join(
         sys.argv[1:] if argv is None else argv), "machine": machine(), "inputs": len(x),
+        "protocol": args.protocol,
         "float_margin_under_0.5": near_ties,
         "rows": rows})
     return 0
