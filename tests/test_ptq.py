@@ -49,6 +49,15 @@ def test_bits_the_target_lacks_fail_clearly(mnv2) -> None:
         make_plan(graph, load_target("npu-int8-per-tensor"), weight_bits=4)
 
 
+def test_per_channel_asked_of_a_per_tensor_target_is_refused(mnv2) -> None:
+    graph, _ = mnv2
+    npu = load_target("npu-int8-per-tensor")
+    with pytest.raises(UserError, match=r"npu-int8-per-tensor cannot quantize features.0.0 "
+                                        r"per-channel \(allowed: per-tensor\)"):
+        make_plan(graph, npu, per_channel=True)
+    assert make_plan(graph, npu).weight_specs["features.0.0"].axis is None  # the default
+
+
 def test_ignore_list_keeps_layers_float(mnv2) -> None:
     graph, x = mnv2
     qm = quantize_graph(

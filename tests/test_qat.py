@@ -344,7 +344,7 @@ def test_target_that_cannot_honour_the_plan_is_refused(tmp_path, finished):
     ckpt, model, train, val = finished
     _refused(tmp_path, ckpt, "w4 not supported by arm-cpu-tflite", model=model,
              train=train, val=val, cfg=replace(CFG, weight_bits=4))
-    _refused(tmp_path, ckpt, "per-channel weights are not supported by npu-int8-per-tensor",
+    _refused(tmp_path, ckpt, "per-channel weights asked for, but npu-int8-per-tensor cannot",
              model=model, train=train, val=val, target="npu-int8-per-tensor",
              cfg=replace(CFG, per_channel=True))
     _refused(tmp_path, ckpt, "a16 not supported", model=model, train=train, val=val,

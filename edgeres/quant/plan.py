@@ -145,6 +145,12 @@ def make_plan(
         axis = None if per_channel is False else 0
         wanted = QSpec(base.bits, base.signed, base.symmetric, axis, base.narrow_range)
         honoured = target.check_qspec(wanted, layer=node.name, depthwise=dw)
+        if per_channel is not None and honoured.spec.per_channel != per_channel:
+            asked = "per-channel" if per_channel else "per-tensor"  # asked for: not a default
+            raise UserError(f"{asked} weights asked for, but {target.name} cannot quantize "
+                            f"{node.name} {asked} (allowed: "
+                            f"{', '.join(target.weight_granularities(dw))}); leave per_channel "
+                            "unset for the target's default, or pick another target")
         weight_specs[node.name] = honoured.spec
         if honoured.reason:
             report.append(Decision(node.name, honoured.spec.describe(), honoured.reason))

@@ -194,16 +194,9 @@ def _ptq_config(cfg: QATConfig) -> PTQConfig:
 
 
 def check_plan(graph: Graph, target: Target, cfg: QATConfig) -> None:
-    """QAT trains exactly the format it exports: bits the target lacks (make_plan refuses them)
-    or a granularity it would change are a UserError before any training time is spent."""
-    plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel)
-    for name, spec in plan.weight_specs.items():
-        if cfg.per_channel is not None and spec.per_channel != cfg.per_channel:
-            asked = "per-channel" if cfg.per_channel else "per-tensor"
-            raise UserError(
-                f"layer {name}: {asked} weights are not supported by {target.name}; QAT will "
-                "not train another format than asked: leave the granularity to the target"
-            )
+    """QAT trains exactly the format it exports: bits the target lacks or a granularity it
+    cannot give are a UserError (from make_plan) before any training time is spent."""
+    make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel)
 
 
 # -- checkpoints ----------------------------------------------------------------------------
