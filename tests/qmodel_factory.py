@@ -29,6 +29,7 @@ FIXED = {  # TFLite int8 kernels' fixed output QParams
     "softmax": (1.0 / 256, -128),
     "sigmoid": (1.0 / 256, -128),
     "tanh": (1.0 / 128, 0),
+    "hardsigmoid": (1.0 / 255, -128),  # [0, 1] on every code: ADD + MUL keep each one
 }
 SHARE_INPUT = ("reshape", "transpose")
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeres.errors import UserError
@@ -71,6 +72,31 @@ def test_unfoldable_batchnorm_becomes_depthwise() -> None:
     assert norm.op == "conv2d" and norm.attrs["groups"] == 4
     x = torch.randn(3, 4, 5, 5)
     assert torch.allclose(run_graph(g, x)["logits"], m(x).double(), atol=1e-5)
+
+
+def test_mobilenet_v3_squeeze_excite_block() -> None:
+    """MobileNetV3's block: hardswish expand and depthwise, a squeeze-excite gate with
+    nn.Hardsigmoid and F.hardsigmoid, a linear projection, the residual add."""
+    class SqueezeExcite(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+            self.gate = nn.Hardsigmoid()
+
+        def forward(self, x):
+            s = F.adaptive_avg_pool2d(x, 1)
+            return x * self.gate(self.fc2(F.relu(self.fc1(s)))) * F.hardsigmoid(s)
+
+    block = nn.Sequential(
+        nn.Conv2d(8, 32, 1), nn.BatchNorm2d(32), nn.Hardswish(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.Hardswish(),
+        SqueezeExcite(32), nn.Conv2d(32, 8, 1), nn.BatchNorm2d(8),
+    ).eval()
+    g = capture(block, torch.zeros(1, 8, 6, 6))
+    kinds = [n.attrs["kind"] for n in g.nodes if n.op == "act"]
+    assert kinds.count("hardsigmoid") == 2 and kinds.count("hardswish") == 2
+    x = 3 * torch.randn(4, 8, 6, 6)
+    assert torch.allclose(run_graph(g, x)["logits"], block(x).double(), atol=1e-5)
 
 
 def test_unsupported_module_is_named() -> None:

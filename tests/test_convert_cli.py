@@ -307,3 +307,61 @@ def test_evalbundle_reads_the_bundle(bundle: Path) -> None:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     ours = json.loads((bundle / "manifest.json").read_text())["metrics"]
     assert res["n"] == 300 and res["agreement"] >= min(99.0, ours["top1_agreement"] - 1.0)
+
+
+USER_MODULE = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Gate(nn.Module):  # MobileNetV3's squeeze-excite
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x):
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 48, 1), nn.BatchNorm2d(48), nn.Hardswish(),
+            nn.Conv2d(48, 48, 3, padding=1, groups=48), nn.BatchNorm2d(48), nn.Hardswish(),
+            Gate(48), nn.Conv2d(48, 16, 1), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 10)
+        self.edgeres_meta = {"img_size": 28, "in_chans": 1, "num_classes": 10,
+                             "preprocess": {"mean": [0.5], "std": [0.5]}}
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.block(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def make():
+    torch.manual_seed(0)
+    return Net().eval()
+'''
+
+
+def test_users_own_module_converts_and_checks(tmp_path, monkeypatch, capsys) -> None:
+    """`edgeres convert module:factory` on a MobileNetV3-style net nobody here trained (hardswish,
+    a hardsigmoid squeeze-excite gate), with bare .npz paths for the data: the LiteRT file
+    must follow the float model (the check is LiteRT against float.onnx)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    x = torch.rand(96, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    np.savez(tmp_path / "calib.npz", x=x[:64].numpy())
+    np.savez(tmp_path / "eval.npz", x=x[64:].numpy())
+    argv = ["convert", "usermod:make", "--calib", "calib.npz", "--eval", "eval.npz",
+            "--out", str(tmp_path / "b"), "--no-bench", "--json"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["samples"] == 32 and printed["sqnr_db"] > 25
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    gates = [o["where"] for o in report["ops"] if o["op"] == "act(hardsigmoid)"]
+    assert gates == ["cpu-int8"]  # an integer ADD + MUL, not a float island

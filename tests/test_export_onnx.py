@@ -106,6 +106,8 @@ CASES: dict[str, tuple[Callable, dict[str, int]]] = {
     "gelu": (lambda gb: ([gb.act(gb.conv(gb.x, 8, k=1), "gelu")], ()), {"QLinearConv": 1}),
     "silu": (lambda gb: ([gb.act(gb.x, "silu")], ()), {}),
     "hardswish": (lambda gb: ([gb.act(gb.x, "hardswish")], ()), {}),
+    "hardsigmoid_gate": (lambda gb: ([gb.mul(gb.x, gb.act(gb.mul(gb.x, scalar=3.0),
+                                                          "hardsigmoid"))], ()), {}),
     "tanh": (lambda gb: ([gb.act(gb.x, "tanh")], ()), {}),
     "mul_sub": (lambda gb: ([gb.mul(gb.x, gb.binary("sub", gb.x, gb.mul(gb.x, scalar=0.5)))],
                             ()), {"QLinearMul": 1}),

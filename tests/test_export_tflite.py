@@ -55,6 +55,14 @@ def _classifier(gb: GraphBuilder) -> list[str]:
     return [gb.linear(gb.reshape(pooled, (gb.shapes[y][0], gb.shapes[y][1])), 10)]
 
 
+def _squeeze_excite(gb: GraphBuilder) -> list[str]:
+    """MobileNetV3's gate: x * hardsigmoid(conv(relu(conv(mean over H, W))))."""
+    c = gb.shapes[gb.x][1]
+    squeezed = gb.conv(gb.mean(gb.x, [2, 3], keepdims=True), c // 4, 1, act="relu")
+    gate = gb.act(gb.conv(squeezed, c, 1, gain=4), "hardsigmoid")
+    return [gb.mul(gb.x, gate)]
+
+
 def _attention(gb: GraphBuilder) -> list[str]:
     """EMO-style attention in rank-4 form: 2 heads over a 4x4 map, residual add."""
     n, c, h, w = gb.shapes[gb.x]
@@ -114,6 +122,9 @@ CASES: dict[str, Case] = {
     "sigmoid": Case((2, 8, 5, 5), lambda gb: [gb.act(gb.x, "sigmoid")]),
     "tanh": Case((2, 8, 5, 5), lambda gb: [gb.act(gb.x, "tanh")]),
     "hardswish": Case((2, 8, 5, 5), lambda gb: [gb.act(gb.mul(gb.x, scalar=3.0), "hardswish")]),
+    "hardsigmoid": Case((2, 8, 5, 5), lambda gb: [gb.act(gb.mul(gb.x, scalar=4.0),
+                                                         "hardsigmoid")]),
+    "squeeze_excite": Case((2, 16, 6, 6), _squeeze_excite),
     "gelu": Case((2, 8, 5, 5), lambda gb: [gb.act(gb.x, "gelu")], tflm=False),
     "gelu_lut": Case((2, 8, 5, 5), lambda gb: [gb.act(gb.x, "gelu")], lut=True),
     "silu_float": Case((2, 8, 5, 5), lambda gb: [gb.act(gb.x, "silu")]),
@@ -217,6 +228,12 @@ def test_padding_is_same_or_explicit_pad(name: str, padding: int, pad_op: bool) 
     data = build_tflite(qm)[0]
     assert _conv_options(data)[0].padding == padding
     assert ("PAD" in file_ops(data)) == pad_op
+
+
+def test_hardsigmoid_is_an_integer_add_then_mul() -> None:
+    """No float op and no lookup table: what TFLite's own converter writes for MobileNetV3."""
+    _, qm = make("hardsigmoid")
+    assert file_ops(build_tflite(qm)[0]) == ["MUL", "ADD", "MUL"]  # x * 4, then + 3, / 6
 
 
 def test_relu6_fused_into_conv() -> None:

@@ -91,6 +91,8 @@ def emit_activation(b: OnnxBuilder, kind: str, x: str, name: str, out: str | Non
         return b.op("Mul", [x, s], name, out)
     if kind == "hardswish":
         return b.op("HardSwish", [x], name, out)
+    if kind == "hardsigmoid":  # max(0, min(1, x / 6 + 1/2)): PyTorch's relu6(x + 3) / 6
+        return b.op("HardSigmoid", [x], name, out, alpha=1.0 / 6.0, beta=0.5)
     if kind == "gelu":
         if b.opset >= 20:
             return b.op("Gelu", [x], name, out)

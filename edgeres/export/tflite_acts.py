@@ -13,6 +13,7 @@ import torch
 from ai_edge_litert import schema_py_generated as fb
 
 from edgeres.errors import UserError
+from edgeres.export.tflite_builder import Quant
 from edgeres.export.tflite_values import F, Layout, Q, Values
 from edgeres.graph.ir import Node, apply_activation
 
@@ -89,6 +90,9 @@ def lower_act(v: Values, node: Node, kind: str) -> None:
     if kind == Q and act == "relu6" and v.q.act_qparams[x] != v.q.act_qparams[node.output]:
         # TFLite Micro's int8 RELU6 clamps without requantizing: requantize first.
         src = _requantize(v, node, src, layout)
+    if act == "hardsigmoid":
+        _hardsigmoid(v, node, src, layout, kind)
+        return
     out = v.new(node.output, layout, kind)
     if act == "silu":  # float only: x * sigmoid(x)
         sig = v.b.tensor(f"{node.output}/sigmoid", v.b.shape_of(src), np.float32)
@@ -106,6 +110,35 @@ def lower_act(v: Values, node: Node, kind: str) -> None:
         opts = fb.GeluOptionsT()
         opts.approximate = False  # the IR's gelu is the exact erf form
     v.b.op(op, [src], [out], opts)
+    v.define(node.output, out, layout, kind)
+
+
+def _hardsigmoid(v: Values, node: Node, src: int, layout: Layout, kind: str) -> None:
+    """relu6(x + 3) / 6 as ADD then MUL: TFLite has no hard-sigmoid op (its own converter
+    writes the same pair for MobileNetV3). In int8 the ADD lands on a [0, 6] grid of 6x the
+    output step with the output's zero point, so int8 saturation is the ReLU6, and the MUL
+    by 1/6 keeps every code: the pair rounds once, as the simulation does."""
+    ones = (1,) * len(v.b.shape_of(src))
+    add_opts = fb.AddOptionsT()
+    if kind == Q:
+        qp = v.q.act_qparams[node.output]
+        if qp.spec.bits != 8 or not qp.spec.signed or int(qp.zero_point) != qp.spec.qmin:
+            raise UserError(f"{node.describe()}: TFLite hardsigmoid needs an int8 output on "
+                            f"[0, 1] (zero point -128), the plan gave {qp.spec.describe()}")
+        three = v.b.const(f"{node.name}/three", np.full(ones, 127, np.int8),
+                          Quant(np.float32(3.0 / 127), 0))
+        sixth = v.b.const(f"{node.name}/sixth", np.full(ones, 127, np.int8),
+                          Quant(np.float32(1.0 / 6.0 / 127), 0))
+        mid = v.b.tensor(f"{node.output}/relu6", v.b.shape_of(src), np.int8,
+                         Quant(np.float32(6.0 * float(qp.scale)), int(qp.zero_point)))
+    else:
+        three = v.b.const(f"{node.name}/three", np.full(ones, 3.0, np.float32))
+        sixth = v.b.const(f"{node.name}/sixth", np.full(ones, 1.0 / 6.0, np.float32))
+        mid = v.b.tensor(f"{node.output}/relu6", v.b.shape_of(src), np.float32)
+        add_opts.fusedActivationFunction = _FUSED["relu6"]
+    v.b.op("ADD", [src, three], [mid], add_opts)
+    out = v.new(node.output, layout, kind)
+    v.b.op("MUL", [mid, sixth], [out], fb.MulOptionsT())
     v.define(node.output, out, layout, kind)
 
 

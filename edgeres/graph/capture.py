@@ -31,6 +31,7 @@ _ACT_MODULES: dict[type, str] = {
     nn.SiLU: "silu",
     nn.Sigmoid: "sigmoid",
     nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
     nn.Tanh: "tanh",
 }
 _ACT_FUNCTIONS: dict[Any, str] = {
@@ -42,6 +43,7 @@ _ACT_FUNCTIONS: dict[Any, str] = {
     torch.sigmoid: "sigmoid",
     F.sigmoid: "sigmoid",
     F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
     torch.tanh: "tanh",
 }
 _ACT_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
@@ -226,7 +228,8 @@ def _call_module(b: _Builder, n: fx.Node, m: nn.Module) -> None:
     else:
         raise UserError(
             f"unsupported module {cls} at '{name}': edgeres captures Conv2d, Linear, "
-            "BatchNorm2d, LayerNorm(2d), ReLU/ReLU6/GELU/SiLU/Sigmoid/Hardswish, pooling to 1x1, "
+            "BatchNorm2d, LayerNorm(2d), ReLU/ReLU6/GELU/SiLU/Sigmoid/Hardswish/Hardsigmoid, "
+            "pooling to 1x1, "
             "Flatten, Softmax, Dropout. Replace it, or keep it outside the exported model."
         )
 

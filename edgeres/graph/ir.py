@@ -44,7 +44,9 @@ from torch import Tensor
 
 from edgeres.qtypes import QParams
 
-ACTIVATIONS = ("none", "relu", "relu6", "gelu", "silu", "sigmoid", "hardswish", "tanh")
+ACTIVATIONS = (
+    "none", "relu", "relu6", "gelu", "silu", "sigmoid", "hardswish", "hardsigmoid", "tanh"
+)
 MAX_RANK = 4
 
 
@@ -129,6 +131,8 @@ def apply_activation(kind: str, x: Tensor) -> Tensor:
         return torch.sigmoid(x)
     if kind == "hardswish":
         return F.hardswish(x)
+    if kind == "hardsigmoid":  # relu6(x + 3) / 6: MobileNetV3's squeeze-excite gate
+        return F.hardsigmoid(x)
     if kind == "tanh":
         return torch.tanh(x)
     raise ValueError(f"unknown activation '{kind}' (known: {', '.join(ACTIVATIONS)})")

@@ -74,8 +74,12 @@ def is_depthwise(node: Node) -> bool:
 
 
 def _fixed_output(node: Node, spec: QSpec) -> QParams | None:
-    """Outputs whose QParams the integer kernels fix (TFLite SOFTMAX/LOGISTIC/TANH rules)."""
+    """Outputs whose QParams the integer kernels fix (TFLite SOFTMAX/LOGISTIC/TANH rules), and
+    hardsigmoid's [0, 1] on the whole code range: exported as ADD(x, 3) onto a [0, 6] grid of
+    6x the step, then MUL by 1/6, which keeps every code, so the pair rounds once."""
     kind = node.attrs.get("kind") if node.op == "act" else None
+    if kind == "hardsigmoid":
+        return QParams(spec, np.float32(1.0 / (spec.qmax - spec.qmin)), np.int64(spec.qmin))
     if node.op == "softmax" or kind == "sigmoid":
         zp = spec.qmin  # [0, 1) over the whole code range
         return QParams(spec, np.float32(1.0 / 2**spec.bits), np.int64(zp))
