@@ -22,6 +22,8 @@ from edgeres.errors import UserError
 
 SCHEMA = "edgeres.bundle/1"
 MANIFEST = "manifest.json"
+# golden/: per-channel divisors of smoothed tensors (see edgeres.check.channel_divisors)
+CHANNEL_SCALES = "channel_scales.npz"
 SCHEMA_FILE = Path(__file__).with_name("bundle.schema.json")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeres.bundle import Bundle
+from edgeres.bundle import CHANNEL_SCALES, Bundle
 from edgeres.errors import UserError
 
 # The runtime each target runtime is checked with on this host. Vela output needs an Ethos-U;
@@ -243,6 +243,16 @@ def _float_intermediates(bundle: Bundle, x: np.ndarray, names: list[str]) -> dic
     return dict(zip(all_names, outs, strict=True))
 
 
+def channel_divisors(bundle: Bundle) -> dict[str, np.ndarray]:
+    """Per-channel divisors of the tensors activation smoothing rescaled (the runtime's tensor
+    is the float model's divided channel-wise by them); empty for unsmoothed bundles."""
+    path = bundle.root / "golden" / CHANNEL_SCALES
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k].astype(np.float64) for k in data.files}
+
+
 def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerReport:
     """SQNR of every quantized tensor the runtime exposes against the float graph.
 
@@ -266,6 +276,7 @@ def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerRe
             except ValueError:
                 continue
     floats = _float_intermediates(bundle, x[:1], list(runtime_t))
+    divisors = channel_divisors(bundle)
     report = LayerReport()
     best = -math.inf
     for name in order:
@@ -281,6 +292,8 @@ def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerRe
             value = value.transpose(0, 3, 1, 2)
         if value.shape != ref.shape:
             continue
+        if name in divisors:  # a smoothed tensor: back to the original model's channels
+            value = value * divisors[name].reshape([1, -1] + [1] * (value.ndim - 2))
         s = sqnr_db(ref, value)
         report.layers.append(LayerError(name, s))
         if report.first_jump is None and math.isfinite(best) and s < best - jump_db:

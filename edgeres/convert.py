@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from edgeres.bundle import Bundle, load_bundle, staged_bundle, write_manifest
+from edgeres.bundle import CHANNEL_SCALES, Bundle, load_bundle, staged_bundle, write_manifest
 from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model
 from edgeres.config import ActObserver, PTQConfig, RExConfig
 from edgeres.data.specs import DataSet, DataSpec, load_spec
@@ -440,6 +440,9 @@ def convert(
             stage / "golden" / "golden.npz",
             {"x": gx, "x_raw": encode_input(gx, inputs[0]), "y_raw": raw},
         )
+        if qmodel.meta.get("smooth_divisors"):  # so `edgeres check` can undo them per layer
+            save_arrays(stage / "golden" / CHANNEL_SCALES, {
+                t: s.numpy().astype(np.float32) for t, s in qmodel.meta["smooth_divisors"].items()})
         extras: dict = {}
         if target.runtime == "tflm":
             extras = _mcu_extras(stage, target, rm, gx, bundle)

@@ -67,6 +67,9 @@ class SmoothReport:
     smoothed: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (tensor, why)
     alpha: float = 0.5
+    # tensor -> per-channel divisor s: smoothed tensor = original / s (not in the JSON: a
+    # debugger comparing runtime tensors with the original float model needs the numbers)
+    divisors: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         return {"alpha": self.alpha, "smoothed": self.smoothed,
@@ -233,7 +236,7 @@ def smooth_with_ranges(graph: Graph, absmax: dict[str, Tensor], alpha: float = 0
     g = graph.copy()
     domains, skipped = find_domains(g)
     report = SmoothReport(skipped=skipped, alpha=alpha)
-    divisors: dict[str, Tensor] = {}
+    divisors = report.divisors
     for dom in domains:
         s = domain_scales(dom, absmax, alpha, per_tensor)
         for p in dom.producers:
