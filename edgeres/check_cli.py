@@ -41,7 +41,8 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
         if bundle.model_file.suffix == ".tflite":
             report["layers"] = layer_report(bundle, x).to_json()
         else:
-            report["layers"] = {"skipped": "the per-layer debugger reads .tflite tensors"}
+            report["layers"] = {"skipped": "it reads .tflite tensors (ONNX bundles: see the "
+                                "per-layer SQNR in report.json)"}
     return report
 
 
@@ -64,6 +65,8 @@ def print_check(report: dict, console: Console) -> None:
         t.add_row(f"top-1 on the {a['centre_samples']} centre crops, float / quantized",
                   f"{a['float_top1_centre']:.2f} / {a['quant_top1_centre']:.2f} %")
     layers = report.get("layers", {})
+    if "skipped" in layers:
+        t.add_row("per-layer debugger", f"skipped: {layers['skipped']}")
     if "first_jump" in layers:
         jump = layers["first_jump"]
         t.add_row("first error jump", f"{jump} (-{layers['jump_db']:.1f} dB)" if jump else "none")
