@@ -121,7 +121,7 @@ def explain(
     engine = {"npu": "NPU", "mcu": "MCU int8", "cpu": "CPU int8"}[t.family]
     table = Table(title=f"{rm.name} on {t.name}")
     for col in ("node", "op", "runs on", "weights", "why"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # names are what people copy into --ignore
     reasons = {d.subject: d.reason for d in plan.report}
     for n in g.nodes:
         kind = n.attrs.get("kind") if n.op == "act" else None
