@@ -118,7 +118,8 @@ class ConvertResult:
             "size_bytes": self.manifest["size_bytes"],
             **m,
         }
-        scored = [d for d in self.report.get("layer_sqnr", []) if d.get("local_sqnr_db")]
+        scored = [d for d in self.report.get("layer_sqnr", [])
+                  if d.get("local_sqnr_db") and not d.get("partial")]
         if scored:  # where to look first when the figures disappoint: where error enters
             worst = min(scored, key=lambda d: d["local_sqnr_db"])
             clipped = worst.get("clipped_pct")

@@ -116,8 +116,9 @@ def write_report(stage: Path, report: dict) -> None:
 
         parts.append(sqnr_plot([(d["layer"], db(d["sqnr_db"]), db(d.get("local_sqnr_db")))
                                 for d in layers]))
-        worst = sorted((d for d in layers if d.get("local_sqnr_db") is not None),
-                       key=lambda d: d["local_sqnr_db"])[:8]
+        worst = sorted((d for d in layers
+                        if d.get("local_sqnr_db") is not None and not d.get("partial")),
+                       key=lambda d: d["local_sqnr_db"])[:8]  # REx terms: partial sums
         parts.append(_table(
             [(d["layer"], d["local_sqnr_db"], d["sqnr_db"], _pct(d.get("clipped_pct")))
              for d in worst],

@@ -5,6 +5,7 @@ simulation in LiteRT and ONNX Runtime."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from edgeres.graph.ir import Graph, graph_macs, run_graph
 from edgeres.graph.rex_expand import expand_graph, find_regions, quantize_rex, tighten_sums
 from edgeres.qtypes import QSpec
 from edgeres.quant.primitives import quantize_weight, sqnr_db, weight_qparams
-from edgeres.quant.ptq import quantize_graph
+from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.rex import expand_weight, kept_count, reconstruct, term_spec, top_rows
 from edgeres.quant.rex_budget import LayerChoice
 from edgeres.targets import Memory, load_target
@@ -259,6 +260,20 @@ def test_rex_rescues_per_tensor_weights() -> None:
     assert all(qw.qparams.spec.axis is None for qw in rex.weights.values())
     decisions = {d.subject: d.decision for d in rex.plan.report}
     assert decisions["conv2d1"].startswith("REx K=2")
+
+
+def test_layer_errors_mark_terms_as_partial() -> None:
+    """A REx term alone is far from its layer (the next term cancels its error), so per-layer
+    reports must not rank it as the layer; the Add that closes the sum is the layer."""
+    g, calib = _graph()
+    rex = quantize_rex(g, RExConfig(order=2, sparsity=0.0), load_target(NPU), calib)
+    rows = layer_errors(rex, calib[:4])
+    partial = {e.layer for e in rows if e.partial}
+    assert partial and all(re.search(r"\.rex(\d|_sum|_add\d)", n) for n in partial)
+    closing = [e for e in rows if e.layer.endswith("rex_add")]
+    assert closing and not any(e.partial for e in closing)
+    assert {e.layer for e in rows} - partial >= {n.name for n in g.nodes
+                                                if n.op not in ("conv2d", "linear")}
 
 
 def test_budget_is_respected_and_buys_accuracy() -> None:

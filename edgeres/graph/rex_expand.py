@@ -25,6 +25,7 @@ conv that costs more than the terms themselves.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -59,6 +60,14 @@ from edgeres.quant.rex_budget import (
     uniform,
 )
 from edgeres.targets import Target
+
+_PARTIAL = re.compile(r"\.rex(\d+|_sum\d+|_add\d+)(\.|$)")  # ".rex2.a", ".rex_sum1", ".rex_add1"
+
+
+def is_partial_term(node_name: str) -> bool:
+    """A REx term or a sum of small terms: part of a layer whose error the remaining terms
+    cancel, so its own error says nothing about the layer (the closing ``rex_add`` does)."""
+    return bool(_PARTIAL.search(node_name))
 
 
 @dataclass(frozen=True)

@@ -350,6 +350,7 @@ class LayerError:
     sqnr_db: float
     clipped_pct: float | None
     local_sqnr_db: float = float("inf")
+    partial: bool = False  # a REx term: only the sum of a layer's terms is that layer
 
     def to_json(self) -> dict:
         def db(v: float) -> float | None:
@@ -357,7 +358,8 @@ class LayerError:
 
         return {"layer": self.layer, "sqnr_db": db(self.sqnr_db),
                 "local_sqnr_db": db(self.local_sqnr_db),
-                "clipped_pct": None if self.clipped_pct is None else round(self.clipped_pct, 3)}
+                "clipped_pct": None if self.clipped_pct is None else round(self.clipped_pct, 3),
+                **({"partial": True} if self.partial else {})}
 
 
 def _clipped_pct(value: Tensor, qp: QParams | None) -> float | None:
@@ -375,6 +377,7 @@ def layer_errors(qmodel: QModel, x: Tensor) -> list[LayerError]:
     against the float graph, cumulative and local (see :class:`LayerError`), and the share of
     float output values clipped. A low SQNR with clipping points at the range the observer
     chose; without it, at the rounding."""
+    from edgeres.graph.rex_expand import is_partial_term
     from edgeres.quant.primitives import sqnr_db
 
     ref = run_graph(qmodel.graph, x, keep=True)
@@ -394,7 +397,8 @@ def layer_errors(qmodel: QModel, x: Tensor) -> list[LayerError]:
         alone = OPS[node.op](node, on_grid, own)
         alone = qp.fake_quantize(alone) if qp is not None else alone
         rows.append(LayerError(node.name, sqnr_db(value, sim[node.output]),
-                               _clipped_pct(value, qp), sqnr_db(exact, alone)))
+                               _clipped_pct(value, qp), sqnr_db(exact, alone),
+                               is_partial_term(node.name)))
     return rows
 
 
