@@ -195,6 +195,9 @@ def test_table_and_plot(models, tmp_path) -> None:
     ]
     table = render_bench_table(results)
     assert table.row_count == 5
+    assert [c.header for c in table.columns][:2] == ["model", "target"]  # they differ here
+    single = render_bench_table(results[:1], title="one model on one target")
+    assert "target" not in [c.header for c in single.columns] and single.row_count == 2
     a = plot_latency_vs_threads(results, tmp_path / "plots" / "latency.png")
     data = a.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -33,27 +33,31 @@ def _ms(x: float | None) -> str:
 
 
 def render_bench_table(results: Sequence[BenchResult], title: str = "Benchmark") -> Table:
-    """One row per (result, thread count); Vela results show the estimate instead."""
+    """One row per (result, thread count); Vela results show the estimate instead. Model and
+    target columns only when the results differ in them (the title names a single one), so
+    the figures stay readable in an 80-column terminal."""
     table = Table(title=title)
-    for col, justify in [("model", "left"), ("target", "left"), ("runtime", "left"),
-                         ("where", "left"), ("threads", "right"), ("median ms", "right"),
-                         ("p90 ms", "right"), ("min ms", "right"), ("memory", "right"),
-                         ("size", "right"), ("budget", "left")]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    named = len({(r.model, r.target) for r in results}) > 1
+    columns = [("model", "left"), ("target", "left")] if named else []
+    columns += [("runtime", "left"), ("where", "left"), ("threads", "right"),
+                ("median ms", "right"), ("p90 ms", "right"), ("min ms", "right"),
+                ("memory", "right"), ("size", "right"), ("budget", "left")]
+    for col, justify in columns:
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in results:
         verdict = ("pass" if r.passed else "[red]FAIL[/red]") if r.budget else "-"
         size = _bytes(r.model_bytes)
+        first = (r.model, r.target) if named else ()
         if r.vela is not None:
             v = r.vela
-            table.add_row(r.model, r.target, r.runtime, r.where, "-",
-                          f"{_ms(v.inference_time_ms)} (est.)", "-", "-",
-                          f"SRAM {_bytes(v.sram_bytes)}", size, verdict)
+            table.add_row(*first, r.runtime, r.where, "-", f"{_ms(v.inference_time_ms)} (est.)",
+                          "-", "-", f"SRAM {_bytes(v.sram_bytes)}", size, verdict)
             continue
         for s in r.latency:
             memory = (f"arena {_bytes(r.arena_bytes)}" if r.arena_bytes is not None
                       else _bytes(s.peak_rss_delta_bytes))
-            table.add_row(r.model, r.target, r.runtime, r.where, str(s.threads),
-                          _ms(s.median_ms), _ms(s.p90_ms), _ms(s.min_ms), memory, size, verdict)
+            table.add_row(*first, r.runtime, r.where, str(s.threads), _ms(s.median_ms),
+                          _ms(s.p90_ms), _ms(s.min_ms), memory, size, verdict)
     return table
 
 
