@@ -53,13 +53,14 @@ def zoo() -> None:
     """List zoo models with parameters, MACs, input size and shipped weights."""
     import torch
 
-    from edgeres.graph.capture import capture, param_count
+    from edgeres.graph.capture import capture
     from edgeres.graph.ir import graph_macs
     from edgeres.zoo import get_entry, list_models
 
     table = Table(title="edgeres model zoo")
-    for col in ("model", "params", "MMACs", "input", "weights", "description"):
-        table.add_column(col)
+    table.add_column("model", no_wrap=True)  # typed back into convert: never cut
+    for col in ("params", "MMACs", "input", "weights", "description"):
+        table.add_column(col, overflow="fold")
     for name in list_models():
         e = get_entry(name)
         m = e.factory(num_classes=e.num_classes, in_chans=e.in_chans, img_size=e.img_size).eval()
@@ -80,7 +81,6 @@ def zoo() -> None:
             ", ".join(avail) or "-",
             e.description,
         )
-        del param_count
     out.print(table)
 
 
@@ -95,7 +95,7 @@ def targets(
         for n in target_names():
             print(n)
         return
-    out.print(render_targets_table(list_targets()))
+    out.print(render_targets_table(list_targets(), describe=out.width >= 140))
 
 
 @app.command()
@@ -121,7 +121,7 @@ def explain(
     engine = {"npu": "NPU", "mcu": "MCU int8", "cpu": "CPU int8"}[t.family]
     table = Table(title=f"{rm.name} on {t.name}")
     for col in ("node", "op", "runs on", "weights", "why"):
-        table.add_column(col, overflow="fold")  # names are what people copy into --ignore
+        table.add_column(col, overflow="fold", no_wrap=col == "node")  # node: for --ignore
     reasons = {d.subject: d.reason for d in plan.report}
     for n in g.nodes:
         kind = n.attrs.get("kind") if n.op == "act" else None

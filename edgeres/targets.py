@@ -539,8 +539,9 @@ def _kib(n: int | None) -> str:
     return "-" if n is None else f"{n // 1024} KiB"
 
 
-def render_targets_table(targets: list[Target]) -> Table:
-    """A rich table of targets: what each runs, in which format and runtime, within what memory."""
+def render_targets_table(targets: list[Target], describe: bool = True) -> Table:
+    """A rich table of targets: what each runs, in which format and runtime, within what memory
+    (``describe``: a description column too, for terminals wide enough to hold it)."""
     table = Table(title="edgeres targets")
     columns = (
         "name",
@@ -554,7 +555,8 @@ def render_targets_table(targets: list[Target]) -> Table:
     )
     for col in columns:
         table.add_column(col, no_wrap=True)
-    table.add_column("description")
+    if describe:
+        table.add_column("description", overflow="fold")
     for t in targets:
         w, a = t.weights, t.activations
         gran = f"{_gran(w.granularity)} (dw {_gran(w.depthwise_granularity)})"
@@ -562,5 +564,5 @@ def render_targets_table(targets: list[Target]) -> Table:
         acts = f"{'int' if a.signed else 'uint'}{'/'.join(map(str, a.bits))}"
         mem = f"{_kib(t.memory.arena_bytes or t.memory.sram_bytes)} / {_kib(t.memory.flash_bytes)}"
         row = (t.name, t.family, t.format, t.runtime, weights, acts, t.io_dtype, mem)
-        table.add_row(*row, t.description)
+        table.add_row(*row, *((t.description,) if describe else ()))
     return table

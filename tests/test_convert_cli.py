@@ -275,6 +275,10 @@ def test_targets_zoo_explain(capsys) -> None:
     assert main(["targets", "--names"]) == 0
     names = capsys.readouterr().out.split()
     assert "arm-cpu-tflite" in names and "npu-int8-per-tensor" in names
+    assert main(["zoo"]) == 0  # every model captured, counted and listed
+    listing = capsys.readouterr().out
+    assert "3,504,872" in listing and "300.8" in listing  # MobileNetV2-1.0 as in the paper
+    assert all(name in listing for name in ("emo_1m_fmnist", "mobilenet_v2_fmnist"))
     assert main(["explain", "mobilenet_v2_fmnist", "-t", "npu-int8-per-tensor"]) == 0
     assert "per-channel not" in capsys.readouterr().out
 
