@@ -271,7 +271,10 @@ def test_version(capsys) -> None:
     assert capsys.readouterr().out.strip() == f"edgeres {edgeres.__version__}"
 
 
-def test_targets_zoo_explain(capsys) -> None:
+def test_targets_zoo_explain(capsys, monkeypatch) -> None:
+    from edgeres import cli
+
+    monkeypatch.setattr(cli.out, "_width", 160)  # a wide terminal: whole reasons on one line
     assert main(["targets", "--names"]) == 0
     names = capsys.readouterr().out.split()
     assert "arm-cpu-tflite" in names and "npu-int8-per-tensor" in names
