@@ -229,18 +229,59 @@ class LayerReport:
         }
 
 
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """Expose the named tensors of ``model`` as extra graph outputs; returns the ones it has."""
+    known = {o for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    wanted = [n for n in names if n in known and n not in outputs]
+    for n in wanted:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    return wanted
+
+
 def _float_intermediates(bundle: Bundle, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     """Every named tensor of float.onnx, exposed as extra outputs and run in ORT."""
     from edgeres.runtime.onnxruntime import run_onnx
 
     model = onnx.load(bundle.float_file)
-    known = {o for n in model.graph.node for o in n.output}
-    wanted = [n for n in names if n in known and n not in {o.name for o in model.graph.output}]
-    for n in wanted:
-        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    _with_outputs(model, names)
     outs = run_onnx(model.SerializeToString(), [x.astype(np.float32)])
-    all_names = [o.name for o in model.graph.output]
-    return dict(zip(all_names, outs, strict=True))
+    return dict(zip([o.name for o in model.graph.output], outs, strict=True))
+
+
+def _tflite_intermediates(bundle: Bundle, x: np.ndarray, order: list[str]) -> dict[str, np.ndarray]:
+    """Every IR tensor LiteRT's reference kernels kept, dequantized (NHWC as the file has it)."""
+    from edgeres.runtime.litert import make_interpreter
+
+    it = make_interpreter(bundle.model_file, "ref", keep_all=True)
+    it.set_tensor(it.get_input_details()[0]["index"], encode_input(x, bundle.manifest["inputs"][0]))
+    it.invoke()
+    out = {}
+    for d in it.get_tensor_details():
+        if d["name"] not in order:
+            continue
+        try:
+            raw = it.get_tensor(d["index"]).astype(np.float64)
+        except ValueError:
+            continue
+        scale, zp = d["quantization"]
+        out[d["name"]] = (raw - zp) * scale if scale else raw
+    return out
+
+
+def _onnx_intermediates(bundle: Bundle, x: np.ndarray, order: list[str]) -> dict[str, np.ndarray]:
+    """Every IR tensor's DequantizeLinear output in the QDQ model, run in ONNX Runtime. Exposing
+    a tensor keeps ORT from fusing its Q/DQ pair into an integer kernel, so these are the QDQ
+    semantics (what the integer kernels approximate to 1 LSB), not the fused kernels' bits."""
+    from edgeres.runtime.onnxruntime import run_onnx
+
+    model = onnx.load(bundle.model_file)
+    names = {f"{t}_dequantized": t for t in order}
+    _with_outputs(model, list(names))
+    feed = encode_input(x, bundle.manifest["inputs"][0])
+    outs = run_onnx(model.SerializeToString(), [feed])
+    got = dict(zip([o.name for o in model.graph.output], outs, strict=True))
+    return {names[k]: v.astype(np.float64) for k, v in got.items() if k in names}
 
 
 def channel_divisors(bundle: Bundle) -> dict[str, np.ndarray]:
@@ -260,21 +301,12 @@ def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerRe
     named: that is where to look (ignore list, per-channel, REx on that layer).
     """
     order = bundle.manifest.get("tensor_order", [])
-    if bundle.model_file.suffix != ".tflite":
-        raise UserError("the per-layer debugger reads LiteRT tensors; it needs a .tflite bundle")
-    from edgeres.runtime.litert import make_interpreter
-
-    feed = encode_input(x[:1], bundle.manifest["inputs"][0])
-    it = make_interpreter(bundle.model_file, "ref", keep_all=True)
-    it.set_tensor(it.get_input_details()[0]["index"], feed)
-    it.invoke()
-    runtime_t = {}
-    for d in it.get_tensor_details():
-        if d["name"] in order:
-            try:
-                runtime_t[d["name"]] = (it.get_tensor(d["index"]).copy(), d)
-            except ValueError:
-                continue
+    read = {".tflite": _tflite_intermediates, ".onnx": _onnx_intermediates}.get(
+        bundle.model_file.suffix)
+    if read is None:
+        raise UserError(f"the per-layer debugger reads .tflite or .onnx models, not "
+                        f"{bundle.model_file.name}")
+    runtime_t = read(bundle, x[:1], order)
     floats = _float_intermediates(bundle, x[:1], list(runtime_t))
     divisors = channel_divisors(bundle)
     report = LayerReport()
@@ -282,12 +314,7 @@ def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerRe
     for name in order:
         if name not in runtime_t or name not in floats:
             continue
-        raw, d = runtime_t[name]
-        scale, zp = d["quantization"]
-        value = raw.astype(np.float64)
-        if scale:
-            value = (value - zp) * scale
-        ref = floats[name].astype(np.float64)
+        value, ref = runtime_t[name], floats[name].astype(np.float64)
         if value.ndim == 4 and value.shape != ref.shape:
             value = value.transpose(0, 3, 1, 2)
         if value.shape != ref.shape:

@@ -15,7 +15,7 @@ from edgeres.errors import UserError
 
 
 def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -> dict:
-    """Verify hashes, golden vectors, float agreement and (for .tflite) per-layer SQNR."""
+    """Verify hashes, golden vectors, float agreement and the per-layer SQNR."""
     bundle = load_bundle(root)
     m = bundle.manifest
     report: dict = {"bundle": str(root), "model": m["model"], "target": m["target"], "hashes": "ok"}
@@ -38,11 +38,7 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
         report["data"] = "golden inputs"
     report["agreement"] = evaluate(bundle, x, y, runtime, centre=centre).to_json()
     if layers:
-        if bundle.model_file.suffix == ".tflite":
-            report["layers"] = layer_report(bundle, x).to_json()
-        else:
-            report["layers"] = {"skipped": "it reads .tflite tensors (ONNX bundles: see the "
-                                "per-layer SQNR in report.json)"}
+        report["layers"] = layer_report(bundle, x).to_json()
     return report
 
 

@@ -377,13 +377,14 @@ def test_users_own_module_converts_and_checks(tmp_path, monkeypatch, capsys) -> 
     assert gates == ["cpu-int8"]  # an integer ADD + MUL, not a float island
 
 
-def test_check_per_layer_debugger_follows_the_simulation(weights, tmp_path) -> None:
-    """`edgeres check` compares LiteRT's intermediate tensors with float.onnx's. Smoothing (on
-    by default) divides channels of intermediate tensors, so the bundle carries the divisors
-    and the debugger undoes them: then every layer's figure follows the simulation's
-    cumulative SQNR (they differ by kernel rounding only). Without them it read 7 to 20 dB
-    where the simulation has 35 to 48."""
-    res = convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights,
+@pytest.mark.parametrize("target", ["arm-cpu-tflite", "arm-cpu-onnx"])
+def test_check_per_layer_debugger_follows_the_simulation(weights, tmp_path, target) -> None:
+    """`edgeres check` compares the runtime's intermediate tensors (LiteRT's, or the QDQ
+    model's in ORT) with float.onnx's. Smoothing (on by default) divides channels of
+    intermediate tensors, so the bundle carries the divisors and the debugger undoes them:
+    then every layer's figure follows the simulation's cumulative SQNR (they differ by kernel
+    rounding only). Without them it read 7 to 20 dB where the simulation has 35 to 48."""
+    res = convert(ConvertOptions("mobilenet_v2_fmnist", target, weights=weights,
                                  out=tmp_path / "b", **FAST), progress=False)
     bundle = load_bundle(tmp_path / "b")
     assert (tmp_path / "b" / "golden" / "channel_scales.npz").is_file()
