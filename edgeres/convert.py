@@ -23,7 +23,7 @@ from rich.console import Console
 from edgeres.bundle import CHANNEL_SCALES, Bundle, load_bundle, staged_bundle, write_manifest
 from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model
 from edgeres.config import ActObserver, PTQConfig, RExConfig
-from edgeres.data.specs import DataSet, DataSpec, load_spec
+from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
 from edgeres.quant.plan import is_depthwise
@@ -185,10 +185,10 @@ def _qat(
     from edgeres.quant.qat_train import run_qat
 
     cfg, train_spec, val_spec = qat_setup(rm, opts)
-    train = load_spec(train_spec, rm.preprocess, rm.in_chans, rm.img_size)
+    train = load_spec(train_spec, rm.preprocess, rm.in_chans, rm.img_size, model=rm.module)
     if train.y is None:  # unlabelled images (photos, a folder without classes): the float
         cfg = replace(cfg, distill_alpha=1.0)  # model is the only teacher
-    val = load_spec(val_spec, rm.preprocess, rm.in_chans, rm.img_size)
+    val = load_spec(val_spec, rm.preprocess, rm.in_chans, rm.img_size, model=rm.module)
     if val.y is None:
         raise UserError(f"QAT validation data '{val_spec}' has no labels; pass --eval SPEC")
     out = bundle_dir(opts, rm, target)
@@ -215,6 +215,9 @@ def qat_setup(rm: ResolvedModel, opts: ConvertOptions):  # noqa: ANN201 - (QATCo
     val_spec = opts.eval or default_eval(rm)
     for spec in (train_spec, val_spec):
         DataSpec.parse(spec)
+    if DataSpec.parse(val_spec).kind in UNLABELLED_KINDS:  # before minutes of synthesis
+        raise UserError(f"QAT validation data '{val_spec}' has no labels; pass --eval SPEC "
+                        "(labelled: fmnist:test, a folder of class sub-folders, an .npz with y)")
     return cfg, train_spec, val_spec
 
 

@@ -160,6 +160,8 @@ def test_golden_of_the_wrong_shape(bundle: Path, tmp_path, capsys) -> None:
         (["convert", "mobilenet_v2_fmnist", "--observer", "kl"],
          "--observer must be one of minmax | percentile | mse | entropy, got 'kl'"),
         (["convert", "mobilenet_v2_fmnist", "--percentile", "101"], "--percentile must be in"),
+        (["qat", "mobilenet_v2_fmnist", "--eval", "photos@8"],
+         "QAT validation data 'photos@8' has no labels; pass --eval SPEC"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:

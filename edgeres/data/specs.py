@@ -51,6 +51,7 @@ KINDS = ("fmnist", *IMAGENET_KINDS, "photos", "folder", "npz", "synthetic")
 _NEEDS_ARG = {"fmnist": "fmnist:train or fmnist:test", "folder": "folder:PATH",
               "npz": "npz:PATH"}
 DEFAULT_COUNT = {"photos": 128, "synthetic": 32}
+UNLABELLED_KINDS = ("photos", "synthetic")  # never carry labels (folders and .npz may)
 _COUNT_RE = re.compile(r"^(.*)@([-+]?[\d.]*)$")  # "@5", and "@-3" / "@" to refuse
 
 
