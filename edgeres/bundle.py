@@ -50,6 +50,17 @@ def file_hashes(root: Path) -> dict[str, str]:
     return out
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """A UserError unless ``out_dir`` is absent, empty or an edgeres bundle (a convert must
+    never replace somebody's folder; called before the work and again before the rename)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"'{out_dir}' is a file, not a bundle folder; pass another --out")
+    if out_dir.is_dir() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+        raise UserError(f"'{out_dir}' exists and is not an edgeres bundle; refusing to replace "
+                        "it (pass another --out)")
+
+
 @contextmanager
 def staged_bundle(out_dir: Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces ``out_dir`` in one rename.
@@ -66,10 +77,7 @@ def staged_bundle(out_dir: Path) -> Iterator[Path]:
         yield stage
         old = None
         if out_dir.exists():
-            if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
-                raise UserError(
-                    f"'{out_dir}' exists and is not an edgeres bundle; refusing to replace it"
-                )
+            check_replaceable(out_dir)
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.replace(out_dir, old / "bundle")
         os.replace(stage, out_dir)

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from edgeres.bundle import CHANNEL_SCALES, Bundle, load_bundle, staged_bundle, write_manifest
+from edgeres.bundle import (
+    CHANNEL_SCALES,
+    Bundle,
+    check_replaceable,
+    load_bundle,
+    staged_bundle,
+    write_manifest,
+)
 from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model
 from edgeres.config import ActObserver, PTQConfig, RExConfig
 from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
@@ -384,6 +391,7 @@ def convert(
     if opts.scheme not in ("ptq", "rex", "qat", "rex+qat"):
         raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex, qat or rex+qat)")
     rm = resolve_model(opts.model, opts.weights)
+    check_replaceable(bundle_dir(opts, rm, target))  # before minutes of work, not after
     if opts.scheme in ("qat", "rex+qat"):
         qat_setup(rm, opts)
     torch.manual_seed(0)

@@ -400,3 +400,17 @@ def test_check_per_layer_debugger_follows_the_simulation(weights, tmp_path, targ
     assert len(common) > 50
     gaps = np.array([device[t] - sim[t] for t in common])
     assert np.median(np.abs(gaps)) < 1.0 and np.abs(gaps).max() < 4.0
+
+
+def test_someone_elses_folder_is_never_replaced(tmp_path, capsys) -> None:
+    """--out naming a folder that is not a bundle (or a file) is refused before any work."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("important")
+    (tmp_path / "a_file").write_text("x")
+    for out, message in ((theirs, "exists and is not an edgeres bundle"),
+                         (tmp_path / "a_file", "is a file, not a bundle folder")):
+        assert main(["convert", "mobilenet_v2_fmnist", "--out", str(out), "--no-bench"]) == 2
+        assert message in capsys.readouterr().err
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "theirs"]  # no staging left
