@@ -33,6 +33,7 @@ from edgeres.config import ActObserver, PTQConfig, RExConfig
 from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
+from edgeres.graph.rewrites import silu_as_sigmoid_mul
 from edgeres.quant.plan import is_depthwise
 from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
@@ -412,6 +413,8 @@ def convert(
         progress=progress,
     )
     graph = capture(rm.module, calib.x[:1])
+    if target.runtime == "vela":  # no int8 SiLU and no GATHER on the NPU: LOGISTIC x MUL
+        graph = silu_as_sigmoid_mul(graph)
     console.log(f"{rm.name}: {len(graph.nodes)} ops captured; calibrating on {calib.name}")
     t1 = time.perf_counter()
     qmodel = _quantize(rm, opts, target, calib, graph, progress)

@@ -19,7 +19,8 @@ from qmodel_factory import GraphBuilder, quantize_minmax, random_codes, simulate
 
 from edgeres.errors import UserError
 from edgeres.export.tflite import build_tflite, export_tflite
-from edgeres.graph.ir import OPS
+from edgeres.graph.ir import OPS, run_graph
+from edgeres.graph.rewrites import silu_as_sigmoid_mul
 from edgeres.quant.qmodel import QModel
 from edgeres.runtime.litert import io_quantization, run_tflite, run_tflite_all_tensors
 from edgeres.runtime.tflm import run_tflm
@@ -144,6 +145,23 @@ def test_vela_reports_cpu_fallbacks() -> None:
     assert {"DEQUANTIZE", "RSQRT", "QUANTIZE"} <= set(r.cpu_op_types)
     with pytest.raises(UserError, match="unknown Ethos-U"):
         compile_vela(b"", "ethos-u99")
+
+
+def test_silu_runs_on_the_npu_as_sigmoid_times_x() -> None:
+    """A SiLU (EMO's activation) written as float on the CPU by default (Ethos-U has no int8
+    SiLU and no GATHER for the lookup table) runs on the NPU once split into LOGISTIC and MUL,
+    and the split graph computes the same function."""
+    gb = GraphBuilder((1, 8, 6, 6))
+    graph = gb.build([gb.act(gb.conv(gb.x, 8, 1), "silu")])
+    split = silu_as_sigmoid_mul(graph)
+    assert [n.op for n in split.nodes] == ["conv2d", "act", "mul"]
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    out = graph.outputs[0]
+    assert torch.allclose(run_graph(split, x)[out], run_graph(graph, x)[out], atol=1e-12)
+    whole = compile_vela(build_tflite(quantize_minmax(graph))[0], "ethos-u55-128")
+    assert {"LOGISTIC", "DEQUANTIZE"} <= set(whole.cpu_op_types)  # float SiLU on the CPU
+    r = compile_vela(build_tflite(quantize_minmax(split))[0], "ethos-u55-128")
+    assert r.all_on_npu, r.cpu_op_types
 
 
 def test_missing_vela_names_the_extra(monkeypatch) -> None:

@@ -87,6 +87,26 @@ def batchnorm_as_depthwise(graph: Graph) -> Graph:
     return g
 
 
+def silu_as_sigmoid_mul(graph: Graph) -> Graph:
+    """Every SiLU as ``x * sigmoid(x)``: an act(sigmoid) node, then a mul writing the SiLU's
+    output. For runtimes with int8 LOGISTIC and MUL kernels but no int8 SiLU and no GATHER
+    for the exact lookup table (Ethos-U through Vela): both halves then run on the NPU instead
+    of the whole SiLU in float on the CPU. The integer model rounds twice (the sigmoid on its
+    fixed 1/256 grid, then the product), and the simulation follows it node by node."""
+    g = graph.copy()
+    nodes: list[Node] = []
+    for n in g.nodes:
+        if n.op != "act" or n.attrs.get("kind") != "silu":
+            nodes.append(n)
+            continue
+        gate = f"{n.name}.sigmoid"
+        nodes.append(Node(gate, "act", [n.inputs[0]], gate, {"kind": "sigmoid"}))
+        nodes.append(Node(n.name, "mul", [n.inputs[0], gate], n.output, {}))
+        g.shapes[gate] = g.shapes[n.output]
+    g.nodes = nodes
+    return g
+
+
 def canonicalize(graph: Graph) -> Graph:
     """The canonical float graph: BN folded, activations fused, no batchnorm left."""
     g = fold_batchnorm(graph)
