@@ -209,16 +209,19 @@ class LayerError:
 
 @dataclass
 class LayerReport:
-    """Per-layer float-vs-int SQNR along the graph, and where the error jumps first."""
+    """Per-layer float-vs-int SQNR along the graph, and the layer that loses the most against
+    its own inputs: its own rounding plus how it shapes the error it receives (a cumulative
+    minimum only shows where error has piled up; report.json's local SQNR, from the
+    simulation, isolates each layer's own share)."""
 
     layers: list[LayerError] = field(default_factory=list)
-    first_jump: str | None = None
-    jump_db: float = 0.0
+    largest_drop: str | None = None
+    drop_db: float = 0.0
 
     def to_json(self) -> dict:
         return {
-            "first_jump": self.first_jump,
-            "jump_db": round(self.jump_db, 2),
+            "largest_drop": self.largest_drop,
+            "drop_db": round(self.drop_db, 2),
             "layers": [
                 {
                     "tensor": t.tensor,
@@ -227,6 +230,28 @@ class LayerReport:
                 for t in self.layers
             ],
         }
+
+
+def _measured_inputs(model: onnx.ModelProto, measured: set[str]) -> dict[str, set[str]]:
+    """For each measured tensor, the measured tensors its value is computed from, walking
+    float.onnx's edges back through intermediate ops (a Conv before its Clip, ...)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out: dict[str, set[str]] = {}
+    for t in measured:
+        found: set[str] = set()
+        stack = list(producer[t].input) if t in producer else []
+        seen: set[str] = set()
+        while stack:
+            u = stack.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            if u in measured:
+                found.add(u)
+            elif u in producer:
+                stack.extend(producer[u].input)
+        out[t] = found
+    return out
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> list[str]:
@@ -294,11 +319,11 @@ def channel_divisors(bundle: Bundle) -> dict[str, np.ndarray]:
         return {k: data[k].astype(np.float64) for k in data.files}
 
 
-def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerReport:
+def layer_report(bundle: Bundle, x: np.ndarray) -> LayerReport:
     """SQNR of every quantized tensor the runtime exposes against the float graph.
 
-    The first layer whose SQNR drops by more than ``jump_db`` below the best seen so far is
-    named: that is where to look (ignore list, per-channel, REx on that layer).
+    The tensor whose SQNR falls furthest below that of the tensors it is computed from is
+    named: where to look first on the runtime (ignore list, per-channel, REx there).
     """
     order = bundle.manifest.get("tensor_order", [])
     read = {".tflite": _tflite_intermediates, ".onnx": _onnx_intermediates}.get(
@@ -310,7 +335,6 @@ def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerRe
     floats = _float_intermediates(bundle, x[:1], list(runtime_t))
     divisors = channel_divisors(bundle)
     report = LayerReport()
-    best = -math.inf
     for name in order:
         if name not in runtime_t or name not in floats:
             continue
@@ -321,12 +345,13 @@ def layer_report(bundle: Bundle, x: np.ndarray, jump_db: float = 6.0) -> LayerRe
             continue
         if name in divisors:  # a smoothed tensor: back to the original model's channels
             value = value * divisors[name].reshape([1, -1] + [1] * (value.ndim - 2))
-        s = sqnr_db(ref, value)
-        report.layers.append(LayerError(name, s))
-        if report.first_jump is None and math.isfinite(best) and s < best - jump_db:
-            report.first_jump, report.jump_db = name, best - s
-        if math.isfinite(s):
-            best = max(best, s)
+        report.layers.append(LayerError(name, sqnr_db(ref, value)))
+    sqnr = {e.tensor: e.sqnr_db for e in report.layers}
+    inputs = _measured_inputs(onnx.load(bundle.float_file), set(sqnr))
+    for t, s in sqnr.items():
+        ins = [sqnr[u] for u in inputs.get(t, ()) if math.isfinite(sqnr[u])]
+        if ins and math.isfinite(s) and min(ins) - s > report.drop_db:
+            report.largest_drop, report.drop_db = t, min(ins) - s
     return report
 
 

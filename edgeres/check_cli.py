@@ -63,9 +63,10 @@ def print_check(report: dict, console: Console) -> None:
     layers = report.get("layers", {})
     if "skipped" in layers:
         t.add_row("per-layer debugger", f"skipped: {layers['skipped']}")
-    if "first_jump" in layers:
-        jump = layers["first_jump"]
-        t.add_row("first error jump", f"{jump} (-{layers['jump_db']:.1f} dB)" if jump else "none")
+    if "largest_drop" in layers:
+        drop = layers["largest_drop"]
+        t.add_row("largest SQNR drop", f"{drop} ({layers['drop_db']:.1f} dB below its inputs)"
+                  if drop else "none")
         worst = sorted(
             (x for x in layers["layers"] if x["sqnr_db"] is not None), key=lambda x: x["sqnr_db"]
         )[:3]

@@ -414,3 +414,18 @@ def test_someone_elses_folder_is_never_replaced(tmp_path, capsys) -> None:
         assert message in capsys.readouterr().err
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "theirs"]  # no staging left
+
+
+def test_debugger_names_the_largest_drop_against_its_inputs(bundle: Path) -> None:
+    """The named layer's SQNR is the one furthest below the SQNR of the tensors it is
+    computed from (by float.onnx's edges: the depthwise conv reads the expand conv's output)."""
+    x = np.load(bundle / "golden" / "golden.npz")["x"][:1]
+    report = layer_report(load_bundle(bundle), x)
+    sqnr = {e.tensor: e.sqnr_db for e in report.layers}
+    assert report.largest_drop in sqnr and report.drop_db > 0
+    chains = [("features.0.0", "features.1.conv.0.0"), ("features.2.conv.0.0",
+              "features.2.conv.1.0"), ("features.2.conv.1.0", "features.2.conv.2")]
+    drops = [sqnr[a] - sqnr[b] for a, b in chains]  # one input each: the drop is the gap
+    assert max(drops) <= report.drop_db + 1e-9
+    assert report.largest_drop not in {b for (_, b), d in zip(chains, drops, strict=True)
+                                       if d < report.drop_db - 1e-9}
