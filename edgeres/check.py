@@ -7,6 +7,7 @@ target's runtime, and compared with ``float.onnx`` in ONNX Runtime.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -317,6 +318,18 @@ def channel_divisors(bundle: Bundle) -> dict[str, np.ndarray]:
         return {}
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k].astype(np.float64) for k in data.files}
+
+
+def missing_channel_scales(bundle: Bundle) -> bool:
+    """True for a bundle of a smoothed plan written before bundles carried the divisors: its
+    runtime tensors cannot be compared with float.onnx's layer by layer."""
+    report = bundle.root / "report.json"
+    if (bundle.root / "golden" / CHANNEL_SCALES).is_file() or not report.is_file():
+        return False
+    try:
+        return bool(json.loads(report.read_text()).get("smooth", {}).get("smoothed"))
+    except (OSError, ValueError):
+        return False
 
 
 def layer_report(bundle: Bundle, x: np.ndarray) -> LayerReport:

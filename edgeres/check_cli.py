@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeres.bundle import load_bundle
-from edgeres.check import check_golden, evaluate, layer_report
+from edgeres.check import check_golden, evaluate, layer_report, missing_channel_scales
 from edgeres.data.preprocess import Preprocess
 from edgeres.errors import UserError
 
@@ -37,7 +37,10 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
             x, y, centre = g["x"], None, None
         report["data"] = "golden inputs"
     report["agreement"] = evaluate(bundle, x, y, runtime, centre=centre).to_json()
-    if layers:
+    if layers and missing_channel_scales(bundle):
+        report["layers"] = {"skipped": "the bundle's plan smoothed activation channels but it "
+                            "predates golden/channel_scales.npz; convert it again"}
+    elif layers:
         report["layers"] = layer_report(bundle, x).to_json()
     return report
 

@@ -429,3 +429,19 @@ def test_debugger_names_the_largest_drop_against_its_inputs(bundle: Path) -> Non
     assert max(drops) <= report.drop_db + 1e-9
     assert report.largest_drop not in {b for (_, b), d in zip(chains, drops, strict=True)
                                        if d < report.drop_db - 1e-9}
+
+
+def test_debugger_skips_smoothed_bundles_without_their_scales(bundle: Path, tmp_path) -> None:
+    """A smoothed bundle written before it carried golden/channel_scales.npz would compare
+    rescaled channels with float ones (7-20 dB of nonsense): the debugger says so instead."""
+    from edgeres.bundle import write_manifest
+    from edgeres.check_cli import run_check
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    (old / "golden" / "channel_scales.npz").unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    write_manifest(old, {k: v for k, v in manifest.items() if k != "files"})
+    assert "predates golden/channel_scales.npz" in run_check(old, None, None, True)["layers"][
+        "skipped"]
+    assert "largest_drop" in run_check(bundle, None, None, True)["layers"]
