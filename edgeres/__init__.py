@@ -16,6 +16,10 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+# The subpackage first, then the function of the same name below: importing a submodule binds
+# the parent's attribute only when the subpackage itself is first imported, so after this
+# `edgeres.export` stays the function however often `edgeres.export.tflite` is imported.
+import edgeres.export  # noqa: E402, F401  (imports nothing itself)
 from edgeres.config import PTQConfig, QATConfig, RExConfig  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
 from edgeres.quant.ptq import quantize  # noqa: E402

@@ -33,7 +33,7 @@ from edgeres.config import ActObserver, PTQConfig, RExConfig
 from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
-from edgeres.graph.rewrites import silu_as_sigmoid_mul
+from edgeres.graph.rewrites import lower_for_target
 from edgeres.quant.plan import is_depthwise
 from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
@@ -249,11 +249,8 @@ def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, di
     from edgeres.export.tflite import export_tflite
 
     io_dtype = "float32" if target.io_dtype == "float32" else "int8"
-    # SiLU/GELU as exact int8 lookup tables keep the graph integer on LiteRT and TFLM (TFLM has
-    # no GELU, TFLite no int8 SiLU); Vela runs GELU natively but would put GATHER on the CPU.
-    info = export_tflite(
-        qmodel, stage / "model.tflite", io_dtype, lut_activations=target.runtime != "vela"
-    )
+    # GELU / SiLU as the profile's [ops.lowering] says (recorded in the QModel's meta)
+    info = export_tflite(qmodel, stage / "model.tflite", io_dtype)
     return "model.tflite", _portable(info.to_json())
 
 
@@ -412,9 +409,9 @@ def convert(
         model=rm.module,
         progress=progress,
     )
-    graph = capture(rm.module, calib.x[:1])
-    if target.runtime == "vela":  # no int8 SiLU and no GATHER on the NPU: LOGISTIC x MUL
-        graph = silu_as_sigmoid_mul(graph)
+    # lowered here too (quantize_graph does it anyway) so float.onnx names every node the
+    # device runs and `edgeres check` can compare them one by one
+    graph = lower_for_target(capture(rm.module, calib.x[:1]), target.ops.lowering)
     console.log(f"{rm.name}: {len(graph.nodes)} ops captured; calibrating on {calib.name}")
     t1 = time.perf_counter()
     qmodel = _quantize(rm, opts, target, calib, graph, progress)

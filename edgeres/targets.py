@@ -46,6 +46,9 @@ VelaAccelerator = Literal[
     "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024", "ethos-u85-2048",
 ]  # fmt: skip
 VelaOptimise = Literal["Performance", "Size"]
+# How an activation without a native int8 kernel is written (see :class:`Lowering`).
+SiluLowering = Literal["kernel", "lookup-table", "sigmoid-mul"]
+GeluLowering = Literal["kernel", "lookup-table"]
 
 # Which file formats each runtime can load.
 RUNTIME_FORMATS: dict[str, tuple[str, ...]] = {
@@ -109,6 +112,26 @@ class OpGroup:
 
 
 @dataclass(frozen=True)
+class Lowering:
+    """How GELU and SiLU are written for the runtime: ``kernel``, its own op (TFLite has no
+    int8 SiLU, so there it runs in float); ``lookup-table``, an exact int8 table (CAST, ADD,
+    GATHER: every runtime with int8 GATHER, TFLite formats only); ``sigmoid-mul`` (SiLU only),
+    ``x * sigmoid(x)`` as two int8 ops, for an accelerator with int8 LOGISTIC and MUL but no
+    GATHER (Ethos-U). The graph rewrite happens before calibration, so the simulation, the
+    exported file and the float reference all see the same nodes."""
+
+    gelu: GeluLowering = "kernel"
+    silu: SiluLowering = "kernel"
+
+    def to_json(self) -> dict[str, str]:
+        return {"gelu": self.gelu, "silu": self.silu}
+
+    def lookup_tables(self) -> frozenset[str]:
+        """Activation kinds written as lookup tables."""
+        return frozenset(k for k in ("gelu", "silu") if getattr(self, k) == "lookup-table")
+
+
+@dataclass(frozen=True)
 class OpSet:
     """Where each IR op runs. ``integer``: in integer on the target's own engine; ``host``: in
     integer on the host CPU (NPU targets: ops the accelerator leaves to the CPU); ``float``:
@@ -118,6 +141,7 @@ class OpSet:
     fused_activations: tuple[ActKind, ...]
     host: OpGroup = OpGroup()
     float: OpGroup = OpGroup()
+    lowering: Lowering = Lowering()
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -242,6 +266,20 @@ class Target:
                 )
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise ProfileError("latency_ms", "must be > 0")
+        self._check_lowering()
+
+    def _check_lowering(self) -> None:
+        low = self.ops.lowering
+        if low.lookup_tables() and self.format == "onnx":
+            kind = sorted(low.lookup_tables())[0]
+            raise ProfileError(f"ops.lowering.{kind}",
+                               "'lookup-table' is written for TFLite formats only (use 'kernel')")
+        if low.silu == "sigmoid-mul":
+            placed = {g: getattr(self.ops, g) for g in ("integer", "host")}
+            if not any("sigmoid" in g.activations for g in placed.values()) or not any(
+                    "mul" in g.ops for g in placed.values()):
+                raise ProfileError("ops.lowering.silu", "'sigmoid-mul' needs 'sigmoid' among "
+                                   "the integer activations and 'mul' among the integer ops")
 
     # -- quantization formats ---------------------------------------------------------------
 

@@ -144,6 +144,7 @@ def test_unknown_keys(tmp_path: Path) -> None:
         (("weights", "bits"), "8", "'weights.bits'", "a list of"),
         (("weights", "signed"), 1, "'weights.signed'", "true or false"),
         (("limits", "max_rank"), 6, "'limits.max_rank'", "[1, 4]"),
+        (("ops", "lowering", "gelu"), "sigmoid-mul", "'ops.lowering.gelu'", "lookup-table"),
     ],
 )
 def test_wrong_values(tmp_path: Path, path: tuple, value: object, key: str, allowed: str) -> None:
@@ -186,6 +187,13 @@ def test_inconsistent_profiles(tmp_path: Path) -> None:
     data = _profile_data()
     del data["vela"]
     assert "'vela'" in _load_bad(tmp_path, data)
+    data = _profile_data("arm-cpu-onnx")
+    data["ops"]["lowering"] = {"silu": "lookup-table"}  # the ONNX export writes no tables
+    assert "'ops.lowering.silu'" in _load_bad(tmp_path, data)
+    data = _profile_data()  # the split needs int8 sigmoid and mul kernels
+    data["ops"]["integer"]["activations"].remove("sigmoid")
+    data["ops"]["float"]["activations"] = ["sigmoid"]
+    assert "needs 'sigmoid'" in _load_bad(tmp_path, data)
 
 
 def test_invalid_toml(tmp_path: Path) -> None:

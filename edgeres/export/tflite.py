@@ -29,6 +29,7 @@ from ai_edge_litert import schema_py_generated as fb
 
 from edgeres.errors import UserError
 from edgeres.export.common import ExportInfo, FloatOp, TensorIO
+from edgeres.export.tflite_acts import LUT_ACTS
 from edgeres.export.tflite_builder import ModelBuilder, op_name, type_name
 from edgeres.export.tflite_ops import LOWERINGS, float_reason
 from edgeres.export.tflite_values import F, Q, Values, io_layout
@@ -52,8 +53,17 @@ def _check_qparams(qmodel: QModel) -> None:
             )
 
 
+def lookup_table_acts(qmodel: QModel, lut_activations: bool | None) -> frozenset[str]:
+    """Activation kinds to write as lookup tables: all or none when asked, else what the
+    target profile the QModel was planned for says (``meta["lowering"]``)."""
+    if lut_activations is not None:
+        return frozenset(LUT_ACTS) if lut_activations else frozenset()
+    lowering = qmodel.meta.get("lowering") or {}
+    return frozenset(k for k, how in lowering.items() if how == "lookup-table")
+
+
 def build_tflite(
-    qmodel: QModel, io_dtype: IODtype = "int8", *, lut_activations: bool = False
+    qmodel: QModel, io_dtype: IODtype = "int8", *, lut_activations: bool | None = None
 ) -> tuple[bytes, list[FloatOp]]:
     """The model bytes (deterministic) and the float islands; see :func:`export_tflite`."""
     if io_dtype not in ("int8", "float32"):
@@ -61,7 +71,7 @@ def build_tflite(
     _check_qparams(qmodel)
     graph = qmodel.graph
     b = ModelBuilder()
-    v = Values(b, qmodel, lut=lut_activations)
+    v = Values(b, qmodel, lut=lookup_table_acts(qmodel, lut_activations))
     inputs = []
     for info in graph.inputs:
         layout = io_layout(len(info.shape))
@@ -117,7 +127,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def export_tflite(
-    qmodel: QModel, path: Path, io_dtype: IODtype = "int8", *, lut_activations: bool = False
+    qmodel: QModel, path: Path, io_dtype: IODtype = "int8", *, lut_activations: bool | None = None
 ) -> ExportInfo:
     """Write ``qmodel`` as an int8 .tflite at ``path`` (atomically) and describe the result.
 
@@ -126,8 +136,10 @@ def export_tflite(
     dequantizes at its boundary itself.
 
     ``lut_activations``: write GELU and SiLU as exact int8 lookup tables (CAST, ADD, GATHER)
-    instead of the GELU op / a float SiLU island. Use it for TFLite Micro, which has no GELU
-    kernel; it costs an int32 index tensor per activation.
+    (True) or as the GELU op / a float SiLU island (False); None (the default) does what the
+    target's profile says (``[ops.lowering]``, recorded in the QModel when it was planned). A
+    table keeps the graph integer where TFLite has no int8 kernel (TFLite Micro has no GELU,
+    TFLite no int8 SiLU); it costs an int32 index tensor per activation.
     """
     data, float_ops = build_tflite(qmodel, io_dtype, lut_activations=lut_activations)
     path = Path(path)

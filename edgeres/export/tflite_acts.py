@@ -82,7 +82,7 @@ def lower_act(v: Values, node: Node, kind: str) -> None:
         v.b.op("QUANTIZE", [src], [out])  # int8 -> int8 requantization
         v.define(node.output, out, layout, kind)
         return
-    if kind == Q and v.lut and act in LUT_ACTS:
+    if kind == Q and act in v.lut:
         _lookup_table(v, node, src, layout)
         return
     if act == "relu6" and kind == Q and _six_unreachable(v, node.output):

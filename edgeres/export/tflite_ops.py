@@ -15,7 +15,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from edgeres.errors import UserError
-from edgeres.export.tflite_acts import LUT_ACTS, check_fixed_qparams, fused_act, lower_act
+from edgeres.export.tflite_acts import check_fixed_qparams, fused_act, lower_act
 from edgeres.export.tflite_builder import Quant
 from edgeres.export.tflite_values import NHWC, F, Layout, Q, Values, identity, same_memory
 from edgeres.graph.ir import Node
@@ -24,8 +24,8 @@ from edgeres.quant.qmodel import QuantWeight
 # Why some nodes can never be int8 in TFLite (they become float islands).
 FLOAT_ONLY = {
     "layernorm": "TFLite has no int8 LayerNorm kernel",
-    "silu": "TFLite has no int8 SiLU kernel (export with lut_activations=True for an exact "
-    "int8 lookup table)",
+    "silu": "TFLite has no int8 SiLU kernel (a profile with ops.lowering.silu = "
+    "'lookup-table' or 'sigmoid-mul' keeps it integer)",
 }
 
 
@@ -45,7 +45,7 @@ def check_same_qparams(v: Values, node: Node) -> None:
 def float_reason(v: Values, node: Node) -> str | None:
     """Why ``node`` cannot run as an int8 TFLite op (None: it can)."""
     key = node.attrs.get("kind") if node.op == "act" else node.op
-    if key in FLOAT_ONLY and not (v.lut and key in LUT_ACTS):
+    if key in FLOAT_ONLY and key not in v.lut:
         return FLOAT_ONLY[key]
     if not v.quantized(node.output):
         return f"output '{node.output}' is float in the QModel"

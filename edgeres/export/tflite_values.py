@@ -56,10 +56,11 @@ def to_quant(qmodel: QModel, tensor: str) -> Quant:
 class Values:
     """The lowering context: the builder, the QModel and every IR tensor's TFLite values."""
 
-    def __init__(self, builder: ModelBuilder, qmodel: QModel, lut: bool = False) -> None:
+    def __init__(self, builder: ModelBuilder, qmodel: QModel,
+                 lut: frozenset[str] = frozenset()) -> None:
         self.b = builder
         self.q = qmodel
-        self.lut = lut  # write GELU/SiLU as int8 lookup tables
+        self.lut = lut  # activation kinds written as int8 lookup tables
         self.shapes = qmodel.graph.shapes
         self._cache: dict[str, dict[tuple[Layout, str], int]] = {}
         self._primary: dict[str, tuple[Layout, str]] = {}

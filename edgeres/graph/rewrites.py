@@ -5,9 +5,14 @@ Each rewrite takes a Graph and returns a new Graph; none mutates parameter tenso
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from edgeres.graph.ir import Graph, Node
+
+if TYPE_CHECKING:
+    from edgeres.targets import Lowering
 
 FUSABLE_ACTS = ("relu", "relu6")
 FUSING_OPS = ("conv2d", "linear", "add")
@@ -105,6 +110,12 @@ def silu_as_sigmoid_mul(graph: Graph) -> Graph:
         g.shapes[gate] = g.shapes[n.output]
     g.nodes = nodes
     return g
+
+
+def lower_for_target(graph: Graph, lowering: Lowering) -> Graph:
+    """The graph rewritten as the target's profile says its activations are written
+    (``[ops.lowering]``); idempotent, so every entry point may apply it."""
+    return silu_as_sigmoid_mul(graph) if lowering.silu == "sigmoid-mul" else graph
 
 
 def canonicalize(graph: Graph) -> Graph:

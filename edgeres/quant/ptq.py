@@ -25,6 +25,7 @@ from edgeres.config import PTQConfig
 from edgeres.errors import UserError
 from edgeres.graph.capture import capture
 from edgeres.graph.ir import OPS, Graph, Node, run_graph
+from edgeres.graph.rewrites import lower_for_target
 from edgeres.qtypes import QParams, QSpec, bias_qparams
 from edgeres.quant.observers import TensorStats, choose_range
 from edgeres.quant.plan import Decision, QuantPlan, make_plan
@@ -183,6 +184,7 @@ def quantize_graph(
     """
     check_calibration_data(calib, graph)
     started = time.perf_counter()
+    graph = lower_for_target(graph, target.ops.lowering)
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
     asked = cfg.smooth_alpha is not None
     cfg = replace(cfg, smooth_alpha=smooth_alpha_for(cfg, plan, bool(weight_overrides)))
@@ -240,6 +242,7 @@ def quantize_graph(
         "plan": plan.to_json(),
         "config": cfg.to_json(),
         "target": target.name,
+        "lowering": target.ops.lowering.to_json(),
         "calibration_samples": int(calib.shape[0]),
         **({"smooth": smooth_report.to_json(),
             "smooth_divisors": smooth_report.divisors} if smooth_report else {}),

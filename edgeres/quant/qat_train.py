@@ -542,6 +542,7 @@ class _Run:
         meta = {"target": target.name, "config": self.cfg.to_json(), "model": self.label,
                 "steps": self.state.step, "start_scheme": start.scheme,
                 "plan": start.meta.get("plan"), "rex": start.meta.get("rex"),
+                "lowering": start.meta.get("lowering"),
                 "calibration_samples": start.meta.get("calibration_samples")}
         scheme = "qat" if start.scheme == "ptq" else f"{start.scheme}+qat"
         qmodel = qat_to_qmodel(self.net, meta=meta, scheme=scheme)
