@@ -204,32 +204,39 @@ def evaluate(
 
 @dataclass
 class LayerError:
+    """One runtime tensor against float. ``sqnr_db``: cumulative (every earlier layer's error
+    included). ``local_sqnr_db``: the layer alone on this runtime: float.onnx's ops recomputed
+    from the runtime's own values of the tensors it reads, so only the error the runtime adds
+    here counts (``None``: the tensor reads nothing measured, e.g. the model input)."""
+
     tensor: str
     sqnr_db: float
+    local_sqnr_db: float | None = None
+
+
+def _db(v: float | None) -> float | None:
+    return round(v, 2) if v is not None and math.isfinite(v) else None
 
 
 @dataclass
 class LayerReport:
-    """Per-layer float-vs-int SQNR along the graph, and the layer that loses the most against
-    its own inputs: its own rounding plus how it shapes the error it receives (a cumulative
-    minimum only shows where error has piled up; report.json's local SQNR, from the
-    simulation, isolates each layer's own share)."""
+    """Per-layer float-vs-int SQNR along the graph as the runtime computes it, and the layer
+    that adds the most error there (lowest local SQNR): a cumulative minimum only shows where
+    error has piled up. ``sim_local_db`` is the simulation's local figure for the same layer
+    (report.json), so a layer the runtime computes worse than the plan says stands out."""
 
     layers: list[LayerError] = field(default_factory=list)
-    largest_drop: str | None = None
-    drop_db: float = 0.0
+    worst_local: str | None = None
+    worst_local_db: float | None = None
+    sim_local_db: float | None = None
 
     def to_json(self) -> dict:
         return {
-            "largest_drop": self.largest_drop,
-            "drop_db": round(self.drop_db, 2),
-            "layers": [
-                {
-                    "tensor": t.tensor,
-                    "sqnr_db": round(t.sqnr_db, 2) if math.isfinite(t.sqnr_db) else None,
-                }
-                for t in self.layers
-            ],
+            "worst_local": self.worst_local,
+            "worst_local_db": _db(self.worst_local_db),
+            "sim_local_db": _db(self.sim_local_db),
+            "layers": [{"tensor": t.tensor, "sqnr_db": _db(t.sqnr_db),
+                        "local_sqnr_db": _db(t.local_sqnr_db)} for t in self.layers],
         }
 
 
@@ -272,7 +279,8 @@ def _float_intermediates(bundle: Bundle, x: np.ndarray, names: list[str]) -> dic
     model = onnx.load(bundle.float_file)
     _with_outputs(model, names)
     outs = run_onnx(model.SerializeToString(), [x.astype(np.float32)])
-    return dict(zip([o.name for o in model.graph.output], outs, strict=True))
+    got = dict(zip([o.name for o in model.graph.output], outs, strict=True))
+    return {model.graph.input[0].name: x, **got}  # the input too: the device quantizes it
 
 
 def _tflite_intermediates(bundle: Bundle, x: np.ndarray, order: list[str]) -> dict[str, np.ndarray]:
@@ -332,22 +340,45 @@ def missing_channel_scales(bundle: Bundle) -> bool:
         return False
 
 
-def layer_report(bundle: Bundle, x: np.ndarray) -> LayerReport:
-    """SQNR of every quantized tensor the runtime exposes against the float graph.
+def _local_references(model: onnx.ModelProto, values: dict[str, np.ndarray],
+                      inputs: dict[str, set[str]]) -> dict[str, np.ndarray]:
+    """Each measured tensor recomputed in float from the runtime's own values of the measured
+    tensors it reads: float.onnx's subgraph between them (onnx.utils.Extractor), run in ORT.
+    Tensors whose subgraph needs a value the runtime does not expose are left out."""
+    from onnx.utils import Extractor
 
-    The tensor whose SQNR falls furthest below that of the tensors it is computed from is
-    named: where to look first on the runtime (ignore list, per-channel, REx there).
-    """
-    order = bundle.manifest.get("tensor_order", [])
+    from edgeres.runtime.onnxruntime import run_onnx
+
+    extractor = Extractor(onnx.shape_inference.infer_shapes(model))
+    out: dict[str, np.ndarray] = {}
+    for t, reads in inputs.items():
+        names = sorted(reads)
+        if not names or t not in values:
+            continue
+        try:
+            sub = extractor.extract_model(names, [t])
+            got = run_onnx(sub.SerializeToString(),
+                           [values[n].astype(np.float32) for n in names])[0]
+        except (KeyError, UserError, onnx.checker.ValidationError):
+            continue  # a float island or a tensor the runtime keeps to itself
+        if got.shape == values[t].shape:
+            out[t] = got.astype(np.float64)
+    return out
+
+
+def _runtime_values(bundle: Bundle, x: np.ndarray, order: list[str]
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The runtime's tensors in float.onnx's layout and channels (NCHW where float.onnx has
+    it, smoothing undone), and float.onnx's own values of the same tensors."""
     read = {".tflite": _tflite_intermediates, ".onnx": _onnx_intermediates}.get(
         bundle.model_file.suffix)
     if read is None:
         raise UserError(f"the per-layer debugger reads .tflite or .onnx models, not "
                         f"{bundle.model_file.name}")
-    runtime_t = read(bundle, x[:1], order)
-    floats = _float_intermediates(bundle, x[:1], list(runtime_t))
+    runtime_t = read(bundle, x, order)
+    floats = _float_intermediates(bundle, x, list(runtime_t))
     divisors = channel_divisors(bundle)
-    report = LayerReport()
+    values, refs = {}, {}
     for name in order:
         if name not in runtime_t or name not in floats:
             continue
@@ -358,13 +389,39 @@ def layer_report(bundle: Bundle, x: np.ndarray) -> LayerReport:
             continue
         if name in divisors:  # a smoothed tensor: back to the original model's channels
             value = value * divisors[name].reshape([1, -1] + [1] * (value.ndim - 2))
-        report.layers.append(LayerError(name, sqnr_db(ref, value)))
-    sqnr = {e.tensor: e.sqnr_db for e in report.layers}
-    inputs = _measured_inputs(onnx.load(bundle.float_file), set(sqnr))
-    for t, s in sqnr.items():
-        ins = [sqnr[u] for u in inputs.get(t, ()) if math.isfinite(sqnr[u])]
-        if ins and math.isfinite(s) and min(ins) - s > report.drop_db:
-            report.largest_drop, report.drop_db = t, min(ins) - s
+        values[name], refs[name] = value, ref
+    return values, refs
+
+
+def _sim_local(bundle: Bundle) -> dict[str, float]:
+    """The simulation's local SQNR per layer from report.json (empty if it has none)."""
+    try:
+        rows = json.loads((bundle.root / "report.json").read_text()).get("layer_sqnr", [])
+    except (OSError, ValueError):
+        return {}
+    return {r["layer"]: r["local_sqnr_db"] for r in rows
+            if r.get("local_sqnr_db") is not None and not r.get("partial")}
+
+
+def layer_report(bundle: Bundle, x: np.ndarray) -> LayerReport:
+    """SQNR of every quantized tensor the runtime exposes against the float graph, cumulative
+    and local (see :class:`LayerError`), for the first input of ``x``.
+
+    The layer with the lowest local SQNR is named: where the runtime adds the most error,
+    so where to look first (ignore list, per-channel, REx there, or a kernel to report).
+    """
+    values, floats = _runtime_values(bundle, x[:1], bundle.manifest.get("tensor_order", []))
+    model = onnx.load(bundle.float_file)
+    local = _local_references(model, values, _measured_inputs(model, set(values)))
+    report = LayerReport()
+    for name, value in values.items():
+        own = sqnr_db(local[name], value) if name in local else None
+        report.layers.append(LayerError(name, sqnr_db(floats[name], value), own))
+    ranked = [e for e in report.layers if e.local_sqnr_db is not None]
+    if ranked:
+        worst = min(ranked, key=lambda e: e.local_sqnr_db)
+        report.worst_local, report.worst_local_db = worst.tensor, worst.local_sqnr_db
+        report.sim_local_db = _sim_local(bundle).get(worst.tensor)
     return report
 
 

@@ -66,14 +66,16 @@ def print_check(report: dict, console: Console) -> None:
     layers = report.get("layers", {})
     if "skipped" in layers:
         t.add_row("per-layer debugger", f"skipped: {layers['skipped']}")
-    if "largest_drop" in layers:
-        drop = layers["largest_drop"]
-        t.add_row("largest SQNR drop", f"{drop} ({layers['drop_db']:.1f} dB below its inputs)"
-                  if drop else "none")
-        worst = sorted(
-            (x for x in layers["layers"] if x["sqnr_db"] is not None), key=lambda x: x["sqnr_db"]
-        )[:3]
-        t.add_row("worst layers", ", ".join(f"{x['tensor']} {x['sqnr_db']:.1f} dB" for x in worst))
+    if "worst_local" in layers:
+        worst = layers["worst_local"]
+        sim = layers.get("sim_local_db")
+        t.add_row("adds the most error here", "none measured" if worst is None else
+                  f"{worst}: {layers['worst_local_db']:.1f} dB alone"
+                  + ("" if sim is None else f" (simulation {sim:.1f} dB)"))
+        low = sorted((x for x in layers["layers"] if x["sqnr_db"] is not None),
+                     key=lambda x: x["sqnr_db"])[:3]
+        t.add_row("lowest cumulative", ", ".join(f"{x['tensor']} {x['sqnr_db']:.1f} dB"
+                                                  for x in low))
     console.print(t)
 
 

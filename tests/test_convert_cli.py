@@ -17,6 +17,7 @@ from edgeres.zoo import create_model
 from edgeres.zoo.models import SHIPPED
 
 FAST = dict(calib="fmnist:train@64", eval="fmnist:test@200", bench=False)
+QMODELS: dict = {}  # bundle path -> the QModel convert wrote it from
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,11 @@ def weights(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, weights) -> Path:
     out = tmp_path_factory.mktemp("b") / "mnv2"
-    convert(
+    res = convert(
         ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-tflite", weights=weights, out=out, **FAST),
         progress=False,
     )
+    QMODELS[out] = res.qmodel
     return out
 
 
@@ -391,15 +393,17 @@ def test_check_per_layer_debugger_follows_the_simulation(weights, tmp_path, targ
     bundle = load_bundle(tmp_path / "b")
     assert (tmp_path / "b" / "golden" / "channel_scales.npz").is_file()
     x = np.load(tmp_path / "b" / "golden" / "golden.npz")["x"][:1]
-    device = {e.tensor: e.sqnr_db for e in layer_report(bundle, x).layers}
+    report = layer_report(bundle, x)
     graph = res.qmodel.graph
     tensors = [t.name for t in graph.inputs] + [n.output for n in graph.nodes]
-    sim = dict(zip(tensors, (e.sqnr_db for e in layer_errors(res.qmodel, torch.from_numpy(x))),
-                   strict=True))
-    common = [t for t in device if np.isfinite(device[t]) and np.isfinite(sim[t])]
-    assert len(common) > 50
-    gaps = np.array([device[t] - sim[t] for t in common])
-    assert np.median(np.abs(gaps)) < 1.0 and np.abs(gaps).max() < 4.0
+    sim = dict(zip(tensors, layer_errors(res.qmodel, torch.from_numpy(x)), strict=True))
+    for field, most in (("sqnr_db", 4.0), ("local_sqnr_db", 6.0)):
+        device = {e.tensor: getattr(e, field) for e in report.layers}
+        common = [t for t in device if device[t] is not None and np.isfinite(device[t])
+                  and np.isfinite(getattr(sim[t], field))]
+        assert len(common) > 50, field
+        gaps = np.array([device[t] - getattr(sim[t], field) for t in common])
+        assert np.median(np.abs(gaps)) < 1.0 and np.abs(gaps).max() < most, (field, gaps)
 
 
 def test_someone_elses_folder_is_never_replaced(tmp_path, capsys) -> None:
@@ -416,19 +420,38 @@ def test_someone_elses_folder_is_never_replaced(tmp_path, capsys) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "theirs"]  # no staging left
 
 
-def test_debugger_names_the_largest_drop_against_its_inputs(bundle: Path) -> None:
-    """The named layer's SQNR is the one furthest below the SQNR of the tensors it is
-    computed from (by float.onnx's edges: the depthwise conv reads the expand conv's output)."""
+def test_debugger_names_the_layer_the_runtime_computes_wrong(bundle: Path, tmp_path) -> None:
+    """A runtime that computes one layer wrong (here: that layer's weight codes off by up to
+    3 in the file) is named by the local SQNR: that layer falls by tens of dB, every other
+    layer's own figure stays put, though their cumulative SQNR falls behind it."""
+    from dataclasses import replace
+
+    from edgeres.bundle import write_manifest
+    from edgeres.export.tflite import export_tflite
+
     x = np.load(bundle / "golden" / "golden.npz")["x"][:1]
-    report = layer_report(load_bundle(bundle), x)
-    sqnr = {e.tensor: e.sqnr_db for e in report.layers}
-    assert report.largest_drop in sqnr and report.drop_db > 0
-    chains = [("features.0.0", "features.1.conv.0.0"), ("features.2.conv.0.0",
-              "features.2.conv.1.0"), ("features.2.conv.1.0", "features.2.conv.2")]
-    drops = [sqnr[a] - sqnr[b] for a, b in chains]  # one input each: the drop is the gap
-    assert max(drops) <= report.drop_db + 1e-9
-    assert report.largest_drop not in {b for (_, b), d in zip(chains, drops, strict=True)
-                                       if d < report.drop_db - 1e-9}
+    before = layer_report(load_bundle(bundle), x)
+    assert before.worst_local is not None and before.sim_local_db is not None
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    qm, layer = QMODELS[bundle], "features.6.conv.0.0"
+    qw = qm.weights[layer]
+    noise = np.random.default_rng(0).integers(-3, 4, qw.codes.shape)
+    codes = np.clip(qw.codes + noise, -127, 127).astype(qw.codes.dtype)
+    export_tflite(replace(qm, weights={**qm.weights, layer: replace(qw, codes=codes)}),
+                  broken / "model.tflite")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    write_manifest(broken, {k: v for k, v in manifest.items() if k != "files"})
+    after = layer_report(load_bundle(broken), x)
+    assert after.worst_local == layer
+    own = {e.tensor: e.local_sqnr_db for e in before.layers}
+    for e in after.layers:
+        if e.local_sqnr_db is None or own[e.tensor] is None:
+            continue
+        if e.tensor == layer:
+            assert e.local_sqnr_db < own[layer] - 10
+        else:
+            assert abs(e.local_sqnr_db - own[e.tensor]) < 3.0, e.tensor
 
 
 def test_debugger_skips_smoothed_bundles_without_their_scales(bundle: Path, tmp_path) -> None:
@@ -444,4 +467,4 @@ def test_debugger_skips_smoothed_bundles_without_their_scales(bundle: Path, tmp_
     write_manifest(old, {k: v for k, v in manifest.items() if k != "files"})
     assert "predates golden/channel_scales.npz" in run_check(old, None, None, True)["layers"][
         "skipped"]
-    assert "largest_drop" in run_check(bundle, None, None, True)["layers"]
+    assert "worst_local" in run_check(bundle, None, None, True)["layers"]
