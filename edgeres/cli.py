@@ -95,7 +95,7 @@ def targets(
         for n in target_names():
             print(n)
         return
-    out.print(render_targets_table(list_targets(), describe=out.width >= 140))
+    out.print(render_targets_table(list_targets(), width=out.width))
 
 
 @app.command()

@@ -346,12 +346,18 @@ def test_vela_profiles_match_installed_vela(tmp_path: Path) -> None:
     assert per_axis and "DEPTHWISE_CONV_2D" in per_axis.group(1)  # depthwise per-channel is fine
 
 
-def test_targets_table_lists_every_target() -> None:
+@pytest.mark.parametrize("width", [80, 130, 250])
+def test_targets_table_lists_every_target(width: int) -> None:
+    """Every target's name, runtime and memory in full, on one line, at 80 columns too."""
     targets = list_targets()
-    table = render_targets_table(targets)
+    table = render_targets_table(targets, width=width)
     assert table.row_count == len(targets)
-    console = Console(record=True, width=250)
+    console = Console(record=True, width=width)
     console.print(table)
-    text = console.export_text()
+    lines = console.export_text().splitlines()
     for t in targets:
-        assert t.name in text
+        row = next(line for line in lines if line.strip("│┃ ").startswith(t.name + " "))
+        assert t.runtime in row and "…" not in row, row
+        if t.memory.arena_bytes:
+            assert str(t.memory.arena_bytes // 1024) in row
+    assert any("description" in line for line in lines) == (width >= 150)
