@@ -119,8 +119,9 @@ def imagenet_agreement_set(preprocess: Preprocess) -> tuple[torch.Tensor, torch.
     images, labels = load_imagenet_samples()
     xs, ys = [], []
     for image, label in zip(images, labels, strict=True):
-        x01 = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-        views = _views(x01, crop)
+        # resized in float64, as Preprocess does: the same bits on every CPU
+        x01 = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).double() / 255.0
+        views = [v.float() for v in _views(x01, crop)]
         xs += views
         ys += [int(label)] * len(views)
     x = preprocess.normalize(torch.cat(xs).contiguous())
@@ -166,5 +167,5 @@ def imagenet_ten_crop_set(preprocess: Preprocess) -> tuple[torch.Tensor, torch.T
         views = _ten_crops(image, resize, crop)
         crops += views
         ys += [int(label)] * len(views)
-    x01 = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+    x01 = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).double().div(255.0).float()
     return preprocess.normalize(x01.contiguous()), torch.tensor(ys, dtype=torch.int64)

@@ -94,8 +94,10 @@ def _random_view(
     cw = int(min(w, max(8, round(np.sqrt(area * aspect)))))
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     view = x01[..., top : top + ch, left : left + cw]
-    view = F.interpolate(view, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)
+    # float64, then float32: float32 resampling differs in the last bits between CPUs' SIMD
+    # paths, and those bits reach the calibration ranges (see edgeres.graph.ir.STATS_DTYPE)
+    view = F.interpolate(view.double(), size=(size, size), mode="bilinear",
+                         align_corners=False, antialias=True).float()  # stored as float32
     return view.flip(-1) if rng.random() < 0.5 else view
 
 
@@ -131,9 +133,11 @@ def photo_calibration_set(
     for i in range(n):
         k = int(order[i % len(photos)])
         if k not in tensors:
-            x01 = torch.from_numpy(photos[k]).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+            # float64 until the resize (see _random_view): the same bits on every CPU
+            x01 = torch.from_numpy(photos[k]).permute(2, 0, 1).unsqueeze(0).double() / 255.0
             if chans == 1:  # ITU-R BT.601 luma, as Pillow's "L" conversion
-                x01 = (x01 * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
+                luma = torch.tensor([0.299, 0.587, 0.114], dtype=x01.dtype).view(1, 3, 1, 1)
+                x01 = (x01 * luma).sum(1, True)
             tensors[k] = x01
         views.append(_random_view(tensors[k], size, rng))
     return preprocess.normalize(torch.cat(views).contiguous())

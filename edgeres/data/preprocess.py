@@ -66,8 +66,9 @@ class Preprocess:
         if x.dtype == torch.uint8:
             if x.dim() == 3:
                 x = x.unsqueeze(0)
-            x = x.permute(0, 3, 1, 2).float() / 255.0
-        x = self.resize_crop(x.float())
+            x = x.permute(0, 3, 1, 2).double() / 255.0
+        # resized in float64 for the same bits on every CPU (see edgeres.graph.ir.STATS_DTYPE)
+        x = self.resize_crop(x.double()).float()
         return self.normalize(x)
 
 

@@ -198,9 +198,13 @@ def _call_module(b: _Builder, n: fx.Node, m: nn.Module) -> None:
             name=name,
         )
     elif isinstance(m, nn.BatchNorm2d):
-        scale = m.weight.detach() / torch.sqrt(m.running_var + m.eps)
-        shift = m.bias.detach() - m.running_mean * scale
-        b.emit(n, "batchnorm", [x], {}, {"scale": scale.clone(), "shift": shift.clone()}, name=name)
+        # float64 (folded in float64 too, then float32): MKL's vector sqrt rounds float32
+        # differently on AVX2 and AVX-512 CPUs, and a 1-ulp different weight made the same
+        # command write a different bundle on another machine
+        var, mean = m.running_var.detach().double(), m.running_mean.detach().double()
+        scale = m.weight.detach().double() / torch.sqrt(var + m.eps)
+        shift = m.bias.detach().double() - mean * scale
+        b.emit(n, "batchnorm", [x], {}, {"scale": scale, "shift": shift}, name=name)
     elif type(m) in _ACT_MODULES:
         b.emit(n, "act", [x], {"kind": _ACT_MODULES[type(m)]}, name=name)
     elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):

@@ -48,6 +48,13 @@ ACTIVATIONS = (
     "none", "relu", "relu6", "gelu", "silu", "sigmoid", "hardswish", "hardsigmoid", "tanh"
 )
 MAX_RANK = 4
+# Calibration statistics (ranges, samples, channel means, layer gains) are measured in float64:
+# float32 convolutions give results that differ in the last bits between CPUs (AVX2 and AVX-512
+# kernels sum in different orders), those bits move percentiles and so the scales, and a bundle
+# built on one machine would not be byte-identical to the same command's bundle on another
+# (MobileNetV2-1.0: three CPUs, three files, 97.0 to 98.5 % agreement). In float64 the same
+# differences stay below float32's resolution, where the scales are stored.
+STATS_DTYPE = torch.float64
 
 
 @dataclass(frozen=True)
@@ -202,8 +209,9 @@ def run_graph(
 
     ``act_qparams`` maps tensor names to QParams: those tensors are fake-quantized where they
     are produced (graph inputs included). ``params`` overrides node parameters by node name
-    (the quantized weights and biases of a QModel). ``dtype=float32`` is for calibration
-    speed only; ``observe(name, value)`` sees every tensor as it is produced.
+    (the quantized weights and biases of a QModel). ``dtype=float32`` is for speed where the
+    last bits do not decide anything (calibration uses :data:`STATS_DTYPE`);
+    ``observe(name, value)`` sees every tensor as it is produced.
     """
     if isinstance(inputs, Tensor):
         if len(graph.inputs) != 1:

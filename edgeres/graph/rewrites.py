@@ -40,10 +40,11 @@ def fold_batchnorm(graph: Graph) -> Graph:
             continue
         if _single_consumer(g, conv.output) is not bn:
             continue
-        scale, shift = bn.params["scale"], bn.params["shift"]
-        conv.params = {
-            "weight": conv.params["weight"] * scale.reshape(-1, 1, 1, 1),
-            "bias": conv.params["bias"] * scale + shift,
+        scale, shift = bn.params["scale"].double(), bn.params["shift"].double()
+        w, b = conv.params["weight"], conv.params["bias"]
+        conv.params = {  # in float64, rounded once: the same bits on every CPU
+            "weight": (w.double() * scale.reshape(-1, 1, 1, 1)).to(w.dtype),
+            "bias": (b.double() * scale + shift).to(b.dtype),
         }
         g.nodes.remove(bn)
         _replace_uses(g, bn.output, conv.output)
@@ -86,8 +87,8 @@ def batchnorm_as_depthwise(graph: Graph) -> Graph:
             "act": "none",
         }
         node.params = {
-            "weight": node.params["scale"].reshape(c, 1, 1, 1).clone(),
-            "bias": node.params["shift"].clone(),
+            "weight": node.params["scale"].reshape(c, 1, 1, 1).float(),
+            "bias": node.params["shift"].float(),
         }
     return g
 

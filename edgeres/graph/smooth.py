@@ -41,7 +41,7 @@ from rich.progress import Progress
 from torch import Tensor
 
 from edgeres.graph.equalize import is_plain_depthwise
-from edgeres.graph.ir import Graph, Node, run_graph
+from edgeres.graph.ir import STATS_DTYPE, Graph, Node, run_graph
 
 RELU6_MARGIN = 1.5  # grown ReLU6 channels keep their calibrated max below 6 / this
 MAX_SCALE_RATIO = 256.0  # s_j is kept within [1/this, this]: dead channels stay put
@@ -148,7 +148,7 @@ def _channel_absmax(graph: Graph, tensors: set[str], calib: Tensor, batch: int,
     starts = range(0, calib.shape[0], batch)
     with Progress(disable=not progress, transient=True) as bar:
         for i in bar.track(starts, description="smoothing: channel ranges"):
-            run_graph(graph, calib[i : i + batch], dtype=torch.float32, observe=observe)
+            run_graph(graph, calib[i : i + batch], dtype=STATS_DTYPE, observe=observe)
     return {k: v.to(torch.float64) for k, v in out.items()}
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from edgeres.config import PTQConfig
 from edgeres.errors import UserError
 from edgeres.graph.capture import capture
-from edgeres.graph.ir import OPS, Graph, Node, run_graph
+from edgeres.graph.ir import OPS, STATS_DTYPE, Graph, Node, run_graph
 from edgeres.graph.rewrites import lower_for_target
 from edgeres.qtypes import QParams, QSpec, bias_qparams
 from edgeres.quant.observers import TensorStats, choose_range
@@ -83,7 +83,7 @@ def collect_stats(
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("calibrating", total=len(batches))
         for xb in batches:
-            run_graph(graph, xb, dtype=torch.float32, observe=observe)
+            run_graph(graph, xb, dtype=STATS_DTYPE, observe=observe)
             bar.advance(task)
     if finalize:
         for s in stats.values():
@@ -315,8 +315,8 @@ def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
     total, count = 0.0, 0
     params = qm.param_overrides()
     for xb in _batches(calib, batch):  # float32, as calibration runs: enough for a mean
-        sim = run_graph(graph, xb, qm.act_qparams, params, dtype=torch.float32)
-        err = sim[graph.outputs[0]] - run_graph(graph, xb, dtype=torch.float32)[graph.outputs[0]]
+        sim = run_graph(graph, xb, qm.act_qparams, params, dtype=STATS_DTYPE)
+        err = sim[graph.outputs[0]] - run_graph(graph, xb, dtype=STATS_DTYPE)[graph.outputs[0]]
         per_channel = err.to(torch.float64).transpose(0, 1).reshape(err.shape[1], -1)
         total, count = total + per_channel.sum(dim=1), count + per_channel.shape[1]
     mean_err = (total / count).numpy()  # per output channel (over samples and positions)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from edgeres.errors import UserError
-from edgeres.graph.ir import Graph, Node, run_graph
+from edgeres.graph.ir import STATS_DTYPE, Graph, Node, run_graph
 from edgeres.qtypes import QSpec
 from edgeres.quant.rex import RExTerm, channel_noise, expand_weight, term_bytes, top_rows
 
@@ -362,7 +362,7 @@ def layer_stats(graph: Graph, layers: list[Node], calib: Tensor,
             acc[outputs[name]].add_output(value)
 
     for i in range(0, calib.shape[0], batch):
-        run_graph(graph, calib[i : i + batch], dtype=torch.float32, observe=observe)
+        run_graph(graph, calib[i : i + batch], dtype=STATS_DTYPE, observe=observe)
     out = {}
     for name, m in acc.items():
         assert m.total is not None and m.second is not None and m.ch_total is not None
@@ -384,11 +384,11 @@ def measure_layer_noise(graph: Graph, overrides: dict[str, dict[str, Tensor]], c
     per_sample = max(1, calib[0].numel())
     n = max(8, min(max_samples, 4_000_000 // per_sample))
     x = calib[:n]
-    ref = run_graph(graph, x, dtype=torch.float32)
+    ref = run_graph(graph, x, dtype=STATS_DTYPE)
     power = sum(float((y.double() ** 2).sum()) for y in ref.values())
     out = {}
     for name, p in overrides.items():
-        y = run_graph(graph, x, params={name: p}, dtype=torch.float32)
+        y = run_graph(graph, x, params={name: p}, dtype=STATS_DTYPE)
         err = sum(float(((y[k].double() - ref[k].double()) ** 2).sum()) for k in ref)
         out[name] = err / max(power, 1e-30)
     return out
@@ -449,7 +449,7 @@ def layer_gains(graph: Graph, layers: list[Node], calib: Tensor,
 
     x = calib[:max_samples].detach().to(torch.float32).clone().requires_grad_(True)
     with torch.enable_grad():
-        outs = run_graph(g, x, dtype=torch.float32, observe=observe)
+        outs = run_graph(g, x, dtype=STATS_DTYPE, observe=observe)
         gen = torch.Generator().manual_seed(seed)
         power = sum(float((y.detach() ** 2).sum()) for y in outs.values()) / x.shape[0]
         loss = sum((y * torch.randn(y.shape, generator=gen)).sum() for y in outs.values())
