@@ -89,7 +89,8 @@ def targets(
     names: Annotated[bool, typer.Option("--names", help="one name per line")] = False,
 ) -> None:
     """List target profiles (targets/*.toml)."""
-    from edgeres.targets import list_targets, render_targets_table, target_names
+    from edgeres.targets import list_targets, target_names
+    from edgeres.targets_table import render_targets_table
 
     if names:
         for n in target_names():

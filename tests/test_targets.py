@@ -24,10 +24,10 @@ from edgeres.targets import (
     Target,
     list_targets,
     load_target,
-    render_targets_table,
     target_names,
     targets_dir,
 )
+from edgeres.targets_table import render_targets_table
 
 EXPECTED = {
     "arm-cpu-tflite",
