@@ -37,6 +37,11 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
             x, y, centre = g["x"], None, None
         report["data"] = "golden inputs"
     report["agreement"] = evaluate(bundle, x, y, runtime, centre=centre).to_json()
+    if bundle.model_file.suffix == ".onnx":
+        from edgeres.runtime.onnxruntime import saturation_note
+
+        if note := saturation_note():
+            report["host_note"] = note
     if layers and missing_channel_scales(bundle):
         report["layers"] = {"skipped": "the bundle's plan smoothed activation channels but it "
                             "predates golden/channel_scales.npz; convert it again"}
@@ -76,6 +81,8 @@ def print_check(report: dict, console: Console) -> None:
                      key=lambda x: x["sqnr_db"])[:3]
         t.add_row("lowest cumulative", ", ".join(f"{x['tensor']} {x['sqnr_db']:.1f} dB"
                                                   for x in low))
+    if report.get("host_note"):
+        t.add_row("this host", report["host_note"])
     console.print(t)
 
 

@@ -445,6 +445,11 @@ def convert(
         )
         t2 = time.perf_counter()
         metrics = evaluate(bundle, x_eval, y_eval, centre=evalset.centre).to_json()
+        if model_file.endswith(".onnx"):
+            from edgeres.runtime.onnxruntime import saturation_note
+
+            if note := saturation_note():  # host-specific: logged, never written into the bundle
+                console.log(note)
         timings["check_s"] = time.perf_counter() - t2
         gx = x_eval[:GOLDEN_SAMPLES]
         raw = run_model(bundle, gx)[0]

@@ -139,7 +139,8 @@ def test_check_over_ssh_matches_local_runtimes(sshd, models) -> None:
         got_q = check_on_device(tfl, [xq], t, kernels="ref", python=sys.executable)
         got_f = check_on_device(onx, [xf], t, python=sys.executable)
     np.testing.assert_array_equal(got_q[0], run_tflite(tfl, [xq], kernels="ref")[0])
-    np.testing.assert_array_equal(got_f[0], run_onnx(onx, [xf])[0])
+    # the "device" is this host: the same file on the same kernels (exact=False)
+    np.testing.assert_array_equal(got_f[0], run_onnx(onx, [xf], exact=False)[0])
 
 
 def test_open_transport_from_profile(sshd, models) -> None:

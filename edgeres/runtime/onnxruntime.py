@@ -3,10 +3,23 @@
 ``fused_op_counts`` is the proof that a QDQ file runs on integer kernels: it saves ORT's
 optimized graph and counts its ops (QLinearConv, QLinearAdd, QGemm, ...), rather than trusting
 the file's layout.
+
+ORT's integer kernels for uint8 activations x int8 weights (U8S8) on x86 CPUs without VNNI
+multiply with VPMADDUBSW, which adds each pair of u8 x s8 products into a saturating int16:
+255 x 127 twice is 64770, so a conv whose inputs and weights both reach the top of their
+ranges computes a wrong result there (ORT's quantization docs; onnxruntime issue 16105).
+ARM CPUs (sdot/udot or widening NEON) and x86 CPUs with VNNI (VPDPBUSD accumulates in int32)
+do not. Accuracy checks here must report what the target device computes, not this host's
+kernel artifact, so on such a host :func:`run_onnx` runs the file with its int8 weight codes
+stored as uint8 with zero point + 128: the same real numbers, which ORT runs on its U8U8
+kernels (they widen to 16 bits before multiplying, so nothing saturates). The file that ships
+is untouched; :func:`saturation_note` says when a check ran this way.
 """
 
 from __future__ import annotations
 
+import functools
+import platform
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -14,8 +27,90 @@ from types import ModuleType
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgeres.errors import UserError
+
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+@functools.lru_cache(maxsize=1)
+def u8s8_saturates_here() -> bool:
+    """Whether ORT's U8S8 integer kernels can saturate on this CPU: x86 without VNNI.
+
+    Read from /proc/cpuinfo; an x86 host whose flags cannot be read counts as saturating
+    (the exact path costs only speed), any other architecture as not.
+    """
+    if platform.machine().lower() not in X86:
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), None)
+    return flags is None or not VNNI_FLAGS & set(flags)
+
+
+def saturation_note() -> str | None:
+    """One line for reports when checks here run int8 weights as uint8 (None elsewhere)."""
+    if not u8s8_saturates_here():
+        return None
+    return ("this host is an x86 CPU without VNNI, where ONNX Runtime's uint8 x int8 kernels "
+            "saturate (VPMADDUBSW): checks ran the .onnx with its int8 weights stored as "
+            "uint8 + 128 (the same values, ORT's U8U8 kernels), so they report what an ARM "
+            "CPU or a VNNI x86 computes; to deploy on such an x86 CPU, store the weights that "
+            "way too (edgeres.runtime.onnxruntime.weights_as_uint8)")
+
+
+def weights_as_uint8(model: onnx.ModelProto) -> int:
+    """Store every int8 weight initializer read by a DequantizeLinear as uint8 codes + 128,
+    its zero point + 128 likewise (a missing zero point becomes 128): DequantizeLinear gives
+    the same values, so the model computes the same function, and ORT runs it on its U8U8
+    kernels instead of U8S8. Modifies ``model`` in place; returns how many weights changed.
+
+    Usage: ``m = onnx.load(path); weights_as_uint8(m); onnx.save(m, path_u8)``.
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    done: dict[tuple[str, str], tuple[str, str]] = {}
+    for node in graph.node:
+        w = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if w is None or w.data_type != onnx.TensorProto.INT8:
+            continue
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        key = (w.name, zp_name)
+        if key not in done:
+            codes = numpy_helper.to_array(w).astype(np.int16) + 128
+            if zp_name:
+                if zp_name not in inits:  # a computed zero point: leave this weight alone
+                    continue
+                zp = numpy_helper.to_array(inits[zp_name]).astype(np.int16) + 128
+            else:
+                zp = np.full(numpy_helper.to_array(inits[node.input[1]]).shape, 128, np.int16)
+            names = (f"{w.name}_as_uint8", f"{w.name}_zero_point_as_uint8")
+            for name, arr in zip(names, (codes, zp), strict=True):
+                graph.initializer.append(numpy_helper.from_array(arr.astype(np.uint8), name))
+            done[key] = names
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[0], node.input[2] = done[key]
+    replaced = {name for key in done for name in key if name}
+    used = {name for n in graph.node for name in n.input} | {
+        v.name for v in (*graph.input, *graph.output)}
+    stale = [i for i in graph.initializer if i.name in replaced - used]
+    for init in stale:  # the int8 originals no node reads any more
+        graph.initializer.remove(init)
+    return len(done)
+
+
+def _exact_source(src: str | bytes) -> str | bytes:
+    """``src``, or its bytes with int8 weights as uint8 where ORT's U8S8 kernels saturate."""
+    if not u8s8_saturates_here():
+        return src
+    model = onnx.load_from_string(src) if isinstance(src, bytes) else onnx.load(src)
+    return model.SerializeToString() if weights_as_uint8(model) else src
 
 
 def _ort() -> ModuleType:
@@ -38,10 +133,13 @@ def _source(model: Path | str | bytes) -> str | bytes:
     return str(path)
 
 
-def session(model: Path | str | bytes, threads: int = 1, optimized_path: Path | None = None):
+def session(model: Path | str | bytes, threads: int = 1, optimized_path: Path | None = None,
+            exact: bool = True):
     """An ``InferenceSession`` on the CPU provider with all graph optimizations on.
 
-    ``optimized_path`` saves the graph ORT actually runs (after its QDQ fusions).
+    ``optimized_path`` saves the graph ORT actually runs (after its QDQ fusions). ``exact``
+    runs int8 weights as uint8 where this host's U8S8 kernels saturate (module docstring);
+    ``exact=False`` runs the file as it is, e.g. to time it.
     """
     ort = _ort()
     opts = ort.SessionOptions()
@@ -54,6 +152,7 @@ def session(model: Path | str | bytes, threads: int = 1, optimized_path: Path | 
         opts.optimized_model_filepath = str(optimized_path)
     src = _source(model)
     try:
+        src = _exact_source(src) if exact else src
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped failures
         where = "the given bytes" if isinstance(src, bytes) else f"'{src}'"
@@ -61,9 +160,12 @@ def session(model: Path | str | bytes, threads: int = 1, optimized_path: Path | 
 
 
 def run_onnx(model: Path | str | bytes, inputs: list[np.ndarray], threads: int = 1,
-             optimized_path: Path | None = None) -> list[np.ndarray]:
-    """Run ``model`` on ``inputs`` (in graph-input order); returns the outputs in order."""
-    sess = session(model, threads, optimized_path)
+             optimized_path: Path | None = None, exact: bool = True) -> list[np.ndarray]:
+    """Run ``model`` on ``inputs`` (in graph-input order); returns the outputs in order.
+
+    ``exact``: see :func:`session` (int8 weights run as uint8 where U8S8 kernels saturate).
+    """
+    sess = session(model, threads, optimized_path, exact)
     expected = sess.get_inputs()
     if len(inputs) != len(expected):
         names = ", ".join(i.name for i in expected)
@@ -76,7 +178,7 @@ def fused_op_counts(model: Path | str | bytes, threads: int = 1) -> dict[str, in
     """Op types (and counts) in the graph ORT runs after optimization, e.g. ``QLinearConv``."""
     with tempfile.TemporaryDirectory(prefix="edgeres-ort-") as tmp:
         opt = Path(tmp) / "optimized.onnx"
-        session(model, threads, opt)
+        session(model, threads, opt, exact=False)  # the file's own kernels
         graph = onnx.load(str(opt), load_external_data=False).graph
     counts = Counter(n.op_type for n in graph.node)
     return dict(sorted(counts.items()))
