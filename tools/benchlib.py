@@ -41,11 +41,12 @@ def fmnist_test(model: str, limit: int | None = None) -> EvalSet:
     return EvalSet(f"fmnist test ({len(x)})", x, torch.from_numpy(labels))
 
 
-def fmnist_calib(model: str, n: int = 512) -> torch.Tensor:
+def fmnist_calib(model: str, n: int = 512, seed: int = 0) -> torch.Tensor:
+    """``fmnist:train@n`` as ``edgeres convert`` loads it (seed 0), or another draw."""
     from edgeres.data.specs import load_spec
 
     e = get_entry(model)
-    return load_spec(f"fmnist:train@{n}", e.preprocess, e.in_chans, e.img_size).x
+    return load_spec(f"fmnist:train@{n}", e.preprocess, e.in_chans, e.img_size, seed=seed).x
 
 
 def imagenet_sets() -> tuple[EvalSet, EvalSet, torch.Tensor]:
