@@ -39,6 +39,7 @@ from benchlib import (  # noqa: E402
     machine,
     parse_config,
     print_table,
+    save_figure,
     sqnr,
     top1,
     write_json,
@@ -88,10 +89,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("logits SQNR (dB)")
     axes[0].set_ylabel("top-1 agreement with float (%)")
     axes[0].legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

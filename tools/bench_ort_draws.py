@@ -43,6 +43,7 @@ from benchlib import (  # noqa: E402
     fmnist_test,
     machine,
     print_table,
+    save_figure,
     sqnr,
     top1,
     write_json,
@@ -139,13 +140,11 @@ def plot(rows: list[dict], path: Path) -> None:
                              if r["model"] == model and r["method"] == method)
                 ax.plot(*zip(*pts, strict=True), marker="o", label=method, alpha=0.85)
             ax.set_title(f"{model}: {label}")
+            ax.set_xticks(sorted({r["seed"] for r in rows}))
             ax.set_xlabel("calibration draw (seed)")
             ax.set_ylabel(label)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

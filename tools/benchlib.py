@@ -147,6 +147,14 @@ def write_json(path: Path, payload: dict) -> None:
     console.print(f"wrote {path}")
 
 
+def save_figure(fig, path: Path) -> None:  # noqa: ANN001
+    """Write a matplotlib figure as PNG to a temporary name, then rename it into place."""
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     t = Table(title=title)
     for c in columns:
