@@ -144,3 +144,22 @@ def test_missing_zero_point_becomes_128() -> None:
     assert "w" not in inits, "the int8 original is dropped"
     np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, {"x": x})[0], before)
     assert torch.tensor(before).abs().sum() > 0
+
+
+def test_one_weight_with_two_zero_points_gets_two_copies() -> None:
+    """A weight read by two DequantizeLinears with different zero points keeps both values."""
+    model = saturating_conv(4)
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.full(1, 3, np.int8), "w_zp3"))
+    g.node.insert(3, helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp3"], ["wd3"],
+                                      axis=0))
+    g.node.insert(4, helper.make_node("Conv", ["xd", "wd3"], ["y3"]))
+    g.output.append(helper.make_tensor_value_info("y3", TensorProto.FLOAT, [1, 1, 4, 4]))
+    x = np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4)
+    before = ReferenceEvaluator(model).run(None, {"x": x})
+    assert weights_as_uint8(model) == 2
+    onnx.checker.check_model(model)
+    after = ReferenceEvaluator(model).run(None, {"x": x})
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(before[1]).sum() > 0, "the second conv computes something"

@@ -89,7 +89,8 @@ def weights_as_uint8(model: onnx.ModelProto) -> int:
                 zp = numpy_helper.to_array(inits[zp_name]).astype(np.int16) + 128
             else:
                 zp = np.full(numpy_helper.to_array(inits[node.input[1]]).shape, 128, np.int16)
-            names = (f"{w.name}_as_uint8", f"{w.name}_zero_point_as_uint8")
+            tag = f"_as_uint8_{len(done)}"  # one weight read with two zero points: two copies
+            names = (f"{w.name}{tag}", f"{w.name}_zero_point{tag}")
             for name, arr in zip(names, (codes, zp), strict=True):
                 graph.initializer.append(numpy_helper.from_array(arr.astype(np.uint8), name))
             done[key] = names
