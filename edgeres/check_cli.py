@@ -40,7 +40,7 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
     if bundle.model_file.suffix == ".onnx":
         from edgeres.runtime.onnxruntime import saturation_note
 
-        if note := saturation_note():
+        if note := saturation_note(bundle.model_file):
             report["host_note"] = note
     if layers and missing_channel_scales(bundle):
         report["layers"] = {"skipped": "the bundle's plan smoothed activation channels but it "

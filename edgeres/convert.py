@@ -244,7 +244,8 @@ def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, di
     export_onnx(graph, stage / "float.onnx")
     if target.format == "onnx":
         io_mode = "float" if target.io_dtype == "float32" else "int"
-        info = export_onnx(qmodel, stage / "model.onnx", io=io_mode)
+        info = export_onnx(qmodel, stage / "model.onnx", io=io_mode,
+                           uint8_weights=target.weights.uint8_storage)
         return "model.onnx", _portable(info.to_json())
     from edgeres.export.tflite import export_tflite
 
@@ -448,7 +449,8 @@ def convert(
         if model_file.endswith(".onnx"):
             from edgeres.runtime.onnxruntime import saturation_note
 
-            if note := saturation_note():  # host-specific: logged, never written into the bundle
+            # host-specific: logged, never written into the bundle
+            if note := saturation_note(stage / model_file):
                 console.log(note)
         timings["check_s"] = time.perf_counter() - t2
         gx = x_eval[:GOLDEN_SAMPLES]

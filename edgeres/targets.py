@@ -78,6 +78,10 @@ class WeightRules:
     signed: bool = True
     symmetric: bool = True
     narrow_range: bool = True
+    # ONNX files only: write the int8 codes as uint8 + 128 (zero point 128), the same values,
+    # so ONNX Runtime runs its U8U8 kernels, exact on x86 CPUs without VNNI where its U8S8
+    # ones saturate (edgeres.export.onnx_uint8)
+    uint8_storage: bool = False
 
     def __post_init__(self) -> None:
         for key in ("bits", "granularity", "depthwise_granularity"):
@@ -265,6 +269,9 @@ class Target:
                 )
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise ProfileError("latency_ms", "must be > 0")
+        if self.weights.uint8_storage and (self.format != "onnx" or self.weights.bits != (8,)):
+            raise ProfileError("weights.uint8_storage", "stores 8-bit weights of ONNX files: "
+                               "needs format = \"onnx\" and weights.bits = [8]")
         self._check_lowering()
 
     def _check_lowering(self) -> None:

@@ -17,10 +17,12 @@ def _kib(n: int | None) -> str:
 
 
 def _weights_cell(w: WeightRules) -> str:
-    """``int8 pc/pt``, with the depthwise granularity only where it differs."""
+    """``int8 pc/pt``, with the depthwise granularity only where it differs; ``int8>u8``
+    where the codes are stored as uint8 + 128."""
     dw = w.depthwise_granularity
     extra = "" if dw == w.granularity else f" (dw {_gran(dw)})"
-    return f"int{'/'.join(map(str, w.bits))} {_gran(w.granularity)}{extra}"
+    stored = ">u8" if w.uint8_storage else ""
+    return f"int{'/'.join(map(str, w.bits))}{stored} {_gran(w.granularity)}{extra}"
 
 
 def _memory_cell(m: Memory, wide: bool) -> str:

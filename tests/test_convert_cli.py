@@ -468,3 +468,29 @@ def test_debugger_skips_smoothed_bundles_without_their_scales(bundle: Path, tmp_
     assert "predates golden/channel_scales.npz" in run_check(old, None, None, True)["layers"][
         "skipped"]
     assert "worst_local" in run_check(bundle, None, None, True)["layers"]
+
+
+def test_x86_bundle_runs_exact_as_written(weights, tmp_path) -> None:
+    """An ``x86-cpu-onnx`` bundle is the ``arm-cpu-onnx`` plan with uint8 + 128 weight codes:
+    the same dequantized weights, and ORT runs the file as written (what an app or an
+    independent evaluator does) to within 1 LSB of the ``arm-cpu-onnx`` file run exactly."""
+    import onnx
+
+    from edgeres.export.onnx_uint8 import has_int8_weights
+    from edgeres.runtime.onnxruntime import run_onnx
+
+    arm = convert(ConvertOptions("mobilenet_v2_fmnist", "arm-cpu-onnx", weights=weights,
+                                 out=tmp_path / "arm", **FAST), progress=False)
+    x86 = convert(ConvertOptions("mobilenet_v2_fmnist", "x86-cpu-onnx", weights=weights,
+                                 out=tmp_path / "x86", **FAST), progress=False)
+    assert json.loads((tmp_path / "x86" / "manifest.json").read_text())["target"] == "x86-cpu-onnx"
+    model = onnx.load(str(tmp_path / "x86" / "model.onnx"))
+    assert not has_int8_weights(model)
+    assert has_int8_weights(onnx.load(str(tmp_path / "arm" / "model.onnx")))
+    assert x86.qmodel.act_qparams == arm.qmodel.act_qparams  # one plan, two storages
+    x = np.load(tmp_path / "x86" / "golden" / "golden.npz")["x"]
+    as_written = run_onnx(tmp_path / "x86" / "model.onnx", [x], exact=False)[0]
+    exact = run_onnx(tmp_path / "arm" / "model.onnx", [x])[0]
+    out_scale = x86.qmodel.act_qparams[x86.qmodel.graph.outputs[0]].scale  # float I/O
+    assert np.abs(as_written - exact).max() <= 1.0001 * float(np.max(out_scale))
+    assert np.abs(exact).max() > 10 * float(np.max(out_scale))  # logits, not zeros

@@ -19,6 +19,7 @@ from onnx.reference import ReferenceEvaluator
 from test_export_onnx import build_case, lsb_error, sample
 
 from edgeres.export.onnx import export_onnx
+from edgeres.export.onnx_uint8 import has_int8_weights
 from edgeres.runtime.onnxruntime import (
     fused_op_counts,
     run_onnx,
@@ -163,3 +164,24 @@ def test_one_weight_with_two_zero_points_gets_two_copies() -> None:
     for a, b in zip(after, before, strict=True):
         np.testing.assert_array_equal(a, b)
     assert np.abs(before[1]).sum() > 0, "the second conv computes something"
+
+
+@pytest.mark.parametrize("name", ["conv_relu6", "inverted_residual"])
+def test_export_with_uint8_weights_runs_exact_as_written(name: str, tmp_path: Path) -> None:
+    """``export_onnx(uint8_weights=True)`` (the ``x86-cpu-onnx`` file): no int8 weight left,
+    the reference evaluator gives the int8 file's outputs bit for bit, and ORT runs the file
+    as written within 1 LSB of the simulation on any CPU, so no host note is due for it."""
+    qm = build_case(name)
+    s8, u8 = tmp_path / "s8.onnx", tmp_path / "u8.onnx"
+    export_onnx(qm, s8)
+    info = export_onnx(qm, u8, uint8_weights=True)
+    assert has_int8_weights(onnx.load(str(s8))) and not has_int8_weights(onnx.load(str(u8)))
+    assert info.size_bytes == u8.stat().st_size and info.ops == export_onnx(qm, s8).ops
+    x = sample()
+    xf = x.numpy().astype(np.float32)
+    np.testing.assert_array_equal(ReferenceEvaluator(str(u8)).run(None, {"x": xf})[0],
+                                  ReferenceEvaluator(str(s8)).run(None, {"x": xf})[0])
+    got = run_onnx(u8, [xf], exact=False)[0]
+    assert lsb_error(qm, got, x).max() <= 1 + 1e-4
+    assert saturation_note(u8) is None
+    assert (saturation_note(s8) is None) == (not u8s8_saturates_here())

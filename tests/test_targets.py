@@ -32,6 +32,7 @@ from edgeres.targets_table import render_targets_table
 EXPECTED = {
     "arm-cpu-tflite",
     "arm-cpu-onnx",
+    "x86-cpu-onnx",
     "npu-qnn-htp",
     "npu-int8-per-tensor",
     "ethos-u55-128",
@@ -190,6 +191,12 @@ def test_inconsistent_profiles(tmp_path: Path) -> None:
     data = _profile_data("arm-cpu-onnx")
     data["ops"]["lowering"] = {"silu": "lookup-table"}  # the ONNX export writes no tables
     assert "'ops.lowering.silu'" in _load_bad(tmp_path, data)
+    data = _profile_data("arm-cpu-tflite")  # uint8 weight storage is an ONNX-file option
+    data["weights"]["uint8_storage"] = True
+    assert "'weights.uint8_storage'" in _load_bad(tmp_path, data)
+    data = _profile_data("arm-cpu-onnx")  # and for 8-bit weights only (int4 stays int4)
+    data["weights"]["uint8_storage"] = True
+    assert "weights.bits = [8]" in _load_bad(tmp_path, data)
     data = _profile_data()  # the split needs int8 sigmoid and mul kernels
     data["ops"]["integer"]["activations"].remove("sigmoid")
     data["ops"]["float"]["activations"] = ["sigmoid"]

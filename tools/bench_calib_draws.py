@@ -3,18 +3,18 @@
     python tools/bench_calib_draws.py                         # defaults and smooth 0, 5 draws
     python tools/bench_calib_draws.py --draws 8 --configs "" "smooth_alpha=0.5"
 
-Issue 3's ImageNet goal is a count of flips (>= 97 % agreement = at most 6 of 200 inputs)
-on views where ~20 inputs have a float top-1/top-2 margin under 0.5 logits, so one PTQ run
-says little. Each draw calibrates on 128 photo crops from a different seed (``photos@128``
-with seed k: other crops of the same photos), exports the .tflite and runs it in LiteRT
-(XNNPACK), scored on two protocols: edgeres' 260 views (top-1 on the 20 through the float
-resize pipeline) and the standard ten-crop views (200; top-1 on their 20 centre crops, uint8
-PIL resize, as ``evalbundle.py`` and apps compute it). A draw *passes* when agreement is
->= 97 % and the quantized top-1 on the 20 equals float's. Each draw also gets the agreement
-expected at its noise level (``edgeres.check.expected_agreement``, what ``edgeres convert``
-reports), to compare with the spread of the counts, and the sd of its top-1/top-2 logit
-error (sigma) next to the sigma at which 97 % would be expected. Writes a table, JSON and a plot of
-agreement against logits SQNR per draw.
+Issue 3's ImageNet goal is a count of flips (>= 97 % agreement = at most 6 of 200 inputs) on
+views where ~20 inputs have a float top-1/top-2 margin under 0.5 logits, so one PTQ run says
+little. Each draw calibrates on 128 photo crops (``--calib-n``) from a different seed
+(``photos@128`` with seed k: other crops of the same photos), exports the .tflite and runs
+it in LiteRT (XNNPACK), scored on two protocols: edgeres' 260 views (top-1 on the 20 through
+the float resize pipeline) and the standard ten-crop views (200; top-1 on their 20 centre
+crops, uint8 PIL resize, as ``evalbundle.py`` and apps compute it). A draw *passes* when
+agreement is >= 97 % and the quantized top-1 on the 20 equals float's. Each draw also gets
+the agreement expected at its noise level (``edgeres.check.expected_agreement``, what
+``edgeres convert`` reports), to compare with the spread of the counts, and the sd of its
+top-1/top-2 logit error (sigma) next to the sigma at which 97 % would be expected. Writes a
+table, JSON and a plot of agreement against logits SQNR per draw.
 """
 
 from __future__ import annotations
@@ -97,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=5, help="calibration seeds 0..N-1")
     ap.add_argument("--configs", nargs="+", default=["", "smooth_alpha=0.0"],
                     help="PTQConfig keyword lists (\"\" = the defaults)")
+    ap.add_argument("--calib-n", type=int, default=128,
+                    help="photo crops per calibration draw (edgeres convert uses 128)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_calib_draws.json"))
     args = ap.parse_args(argv)
     if args.draws < 1:
         ap.error("--draws must be at least 1")
+    if args.calib_n < 1:
+        ap.error("--calib-n must be at least 1")
     try:  # fail before any work, in one line
         configs = {text or "defaults": parse_config(text) for text in args.configs}
     except (SyntaxError, ValueError, TypeError, UserError) as exc:
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               for k, f in ref.items()}
     rows = []
     for seed in track(range(args.draws), description="calibration draws"):
-        calib = photo_calibration_set(IMAGENET, n=128, seed=seed)
+        calib = photo_calibration_set(IMAGENET, n=args.calib_n, seed=seed)
         for name, cfg in configs.items():
             t0 = time.perf_counter()
             qm = quantize_graph(graph, cfg, load_target("arm-cpu-tflite"), calib)

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper
 from edgeres.errors import UserError
 from edgeres.export.common import ExportInfo, FloatOp, TensorIO
 from edgeres.export.onnx_ops import SHAPE_OPS, OnnxBuilder, ParamFn, batch_is_free, emit_node
+from edgeres.export.onnx_uint8 import weights_as_uint8
 from edgeres.graph.ir import Graph, Node
 from edgeres.qtypes import QParams
 from edgeres.quant.qmodel import QModel
@@ -323,15 +324,18 @@ def _build(model: QModel | Graph, opset: int, io: str) -> tuple[onnx.ModelProto,
 
 
 def export_onnx(model: QModel | Graph, path: Path, opset: int = 21,
-                io: Literal["float", "int"] = "float") -> ExportInfo:
+                io: Literal["float", "int"] = "float", uint8_weights: bool = False) -> ExportInfo:
     """Write ``model`` to ``path``: float ONNX for a Graph, QDQ ONNX for a QModel.
 
     ``io="int"`` leaves the input and output quantized (int8/uint8 tensors, for NPUs);
-    their scales and zero points are in ``ExportInfo.inputs/outputs``. The same model
-    always gives the same bytes.
+    their scales and zero points are in ``ExportInfo.inputs/outputs``. ``uint8_weights``
+    stores int8 weight codes as uint8 + 128, the same values (:mod:`.onnx_uint8`: exact in
+    ONNX Runtime on x86 CPUs without VNNI). The same model always gives the same bytes.
     """
     path = Path(path)
     proto, exporter = _build(model, opset, io)
+    if uint8_weights and weights_as_uint8(proto):
+        onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString(deterministic=True)
     _write_atomic(path, data)
     counts = Counter(n.op_type for n in proto.graph.node)

@@ -4,16 +4,14 @@
 optimized graph and counts its ops (QLinearConv, QLinearAdd, QGemm, ...), rather than trusting
 the file's layout.
 
-ORT's integer kernels for uint8 activations x int8 weights (U8S8) on x86 CPUs without VNNI
-multiply with VPMADDUBSW, which adds each pair of u8 x s8 products into a saturating int16:
-255 x 127 twice is 64770, so a conv whose inputs and weights both reach the top of their
-ranges computes a wrong result there (ORT's quantization docs; onnxruntime issue 16105).
-ARM CPUs (sdot/udot or widening NEON) and x86 CPUs with VNNI (VPDPBUSD accumulates in int32)
-do not. Accuracy checks here must report what the target device computes, not this host's
-kernel artifact, so on such a host :func:`run_onnx` runs the file with its int8 weight codes
-stored as uint8 with zero point + 128: the same real numbers, which ORT runs on its U8U8
-kernels (they widen to 16 bits before multiplying, so nothing saturates). The file that ships
-is untouched; :func:`saturation_note` says when a check ran this way.
+ORT's integer kernels for uint8 activations x int8 weights (U8S8) saturate on x86 CPUs
+without VNNI (:mod:`edgeres.export.onnx_uint8`); ARM CPUs (sdot/udot or widening NEON) and
+x86 CPUs with VNNI (VPDPBUSD accumulates in int32) are exact. Accuracy checks here must
+report what the target device computes, not this host's kernel artifact, so on such a host
+:func:`run_onnx` runs the file with its int8 weight codes stored as uint8 with zero point +
+128 (:func:`weights_as_uint8`): the same real numbers, on ORT's exact U8U8 kernels. The file
+that ships is untouched; :func:`saturation_note` says when a check ran this way. (The
+``x86-cpu-onnx`` target ships its files that way.)
 """
 
 from __future__ import annotations
@@ -27,9 +25,9 @@ from types import ModuleType
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from edgeres.errors import UserError
+from edgeres.export.onnx_uint8 import has_int8_weights, weights_as_uint8
 
 X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
@@ -53,57 +51,18 @@ def u8s8_saturates_here() -> bool:
     return flags is None or not VNNI_FLAGS & set(flags)
 
 
-def saturation_note() -> str | None:
-    """One line for reports when checks here run int8 weights as uint8 (None elsewhere)."""
+def saturation_note(model: Path | str | None = None) -> str | None:
+    """One line for reports when checks here run int8 weights as uint8 (None elsewhere, and
+    for a ``model`` whose weights are not int8, e.g. an ``x86-cpu-onnx`` file)."""
     if not u8s8_saturates_here():
+        return None
+    if model is not None and not has_int8_weights(onnx.load(str(model))):
         return None
     return ("this host is an x86 CPU without VNNI, where ONNX Runtime's uint8 x int8 kernels "
             "saturate (VPMADDUBSW): checks ran the .onnx with its int8 weights stored as "
             "uint8 + 128 (the same values, ORT's U8U8 kernels), so they report what an ARM "
-            "CPU or a VNNI x86 computes; to deploy on such an x86 CPU, store the weights that "
-            "way too (edgeres.runtime.onnxruntime.weights_as_uint8)")
-
-
-def weights_as_uint8(model: onnx.ModelProto) -> int:
-    """Store every int8 weight initializer read by a DequantizeLinear as uint8 codes + 128,
-    its zero point + 128 likewise (a missing zero point becomes 128): DequantizeLinear gives
-    the same values, so the model computes the same function, and ORT runs it on its U8U8
-    kernels instead of U8S8. Modifies ``model`` in place; returns how many weights changed.
-
-    Usage: ``m = onnx.load(path); weights_as_uint8(m); onnx.save(m, path_u8)``.
-    """
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    done: dict[tuple[str, str], tuple[str, str]] = {}
-    for node in graph.node:
-        w = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if w is None or w.data_type != onnx.TensorProto.INT8:
-            continue
-        zp_name = node.input[2] if len(node.input) > 2 else ""
-        key = (w.name, zp_name)
-        if key not in done:
-            codes = numpy_helper.to_array(w).astype(np.int16) + 128
-            if zp_name:
-                if zp_name not in inits:  # a computed zero point: leave this weight alone
-                    continue
-                zp = numpy_helper.to_array(inits[zp_name]).astype(np.int16) + 128
-            else:
-                zp = np.full(numpy_helper.to_array(inits[node.input[1]]).shape, 128, np.int16)
-            tag = f"_as_uint8_{len(done)}"  # one weight read with two zero points: two copies
-            names = (f"{w.name}{tag}", f"{w.name}_zero_point{tag}")
-            for name, arr in zip(names, (codes, zp), strict=True):
-                graph.initializer.append(numpy_helper.from_array(arr.astype(np.uint8), name))
-            done[key] = names
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[0], node.input[2] = done[key]
-    replaced = {name for key in done for name in key if name}
-    used = {name for n in graph.node for name in n.input} | {
-        v.name for v in (*graph.input, *graph.output)}
-    stale = [i for i in graph.initializer if i.name in replaced - used]
-    for init in stale:  # the int8 originals no node reads any more
-        graph.initializer.remove(init)
-    return len(done)
+            "CPU or a VNNI x86 computes; to deploy on such an x86 CPU, convert for the "
+            "x86-cpu-onnx target, which stores the weights that way")
 
 
 def _exact_source(src: str | bytes) -> str | bytes:
