@@ -9,8 +9,8 @@ codes stored as uint8 + 128 (the ``x86-cpu-onnx`` file). Both run in ONNX Runtim
 written, as an app or ``evalbundle.py`` runs them, beside the int8 file computed exactly
 (uint8 weights, i.e. what an ARM or VNNI x86 CPU computes) and the float model. On an x86
 CPU without VNNI the int8 file's U8S8 kernels saturate; the uint8 one's U8U8 kernels do not.
-Latency: batch 1, the two files' sessions alternating run by run, medians, at 1 and 2
-threads; the ratio is the price of exactness on this CPU.
+Latency: batch 1, the two files' sessions alternating run by run (idle threads sleep, not
+spin), medians, at 1 and 2 threads; the ratio is the price of exactness on this CPU.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from edgeres.config import PTQConfig  # noqa: E402
 from edgeres.export.onnx import export_onnx  # noqa: E402
 from edgeres.graph.capture import capture  # noqa: E402
 from edgeres.quant.ptq import quantize_graph  # noqa: E402
-from edgeres.runtime.onnxruntime import run_onnx, session, u8s8_saturates_here  # noqa: E402
+from edgeres.runtime.onnxruntime import run_onnx, u8s8_saturates_here  # noqa: E402
 from edgeres.targets import load_target  # noqa: E402
 from edgeres.zoo import create_model  # noqa: E402
 
@@ -64,9 +64,21 @@ def eval_and_calib(model: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return test.x, test.y, fmnist_calib(model)
 
 
+def timing_session(path: Path, threads: int):  # noqa: ANN201 - an ORT InferenceSession
+    """A session on the file as written whose idle threads sleep instead of spinning: with
+    two sessions alternating on few cores, a spinning pool would slow the other one."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def latency_ms(files: dict[str, Path], x: np.ndarray, threads: int, runs: int) -> dict[str, float]:
     """Median batch-1 latency of each file as written, the sessions alternating run by run."""
-    sessions = {k: session(p, threads, exact=False) for k, p in files.items()}
+    sessions = {k: timing_session(p, threads) for k, p in files.items()}
     feed = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     times: dict[str, list[float]] = {k: [] for k in files}
     for i in range(runs + 5):
