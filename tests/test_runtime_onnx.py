@@ -16,7 +16,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from test_export_onnx import build_case, lsb_error, sample
+from qmodel_factory import GraphBuilder
+from test_export_onnx import SHAPE, build_case, inverted_residual, lsb_error, sample
 
 from edgeres.export.onnx import export_onnx
 from edgeres.export.onnx_uint8 import has_int8_weights
@@ -185,3 +186,23 @@ def test_export_with_uint8_weights_runs_exact_as_written(name: str, tmp_path: Pa
     assert lsb_error(qm, got, x).max() <= 1 + 1e-4
     assert saturation_note(u8) is None
     assert (saturation_note(s8) is None) == (not u8s8_saturates_here())
+
+
+@pytest.mark.parametrize(("target", "int8_left"), [("x86-cpu-onnx", False),
+                                                   ("arm-cpu-onnx", True)])
+def test_plain_export_follows_the_planned_target(target: str, int8_left: bool,
+                                                 tmp_path: Path) -> None:
+    """``edgeres.export(qmodel, "m.onnx")`` without options stores weights as the target the
+    QModel was planned for says, so a Python-API user of ``x86-cpu-onnx`` gets the exact file."""
+    import edgeres
+    from edgeres.config import PTQConfig
+    from edgeres.quant.ptq import quantize_graph
+    from edgeres.targets import load_target
+
+    gb = GraphBuilder(SHAPE)
+    outputs, _ = inverted_residual(gb)
+    graph = gb.build(outputs)
+    calib = torch.cat([sample(seed) for seed in range(4)]).float()
+    qm = quantize_graph(graph, PTQConfig(), load_target(target), calib)
+    edgeres.export(qm, tmp_path / "m.onnx")
+    assert has_int8_weights(onnx.load(str(tmp_path / "m.onnx"))) == int8_left

@@ -324,16 +324,21 @@ def _build(model: QModel | Graph, opset: int, io: str) -> tuple[onnx.ModelProto,
 
 
 def export_onnx(model: QModel | Graph, path: Path, opset: int = 21,
-                io: Literal["float", "int"] = "float", uint8_weights: bool = False) -> ExportInfo:
+                io: Literal["float", "int"] = "float",
+                uint8_weights: bool | None = None) -> ExportInfo:
     """Write ``model`` to ``path``: float ONNX for a Graph, QDQ ONNX for a QModel.
 
     ``io="int"`` leaves the input and output quantized (int8/uint8 tensors, for NPUs);
     their scales and zero points are in ``ExportInfo.inputs/outputs``. ``uint8_weights``
     stores int8 weight codes as uint8 + 128, the same values (:mod:`.onnx_uint8`: exact in
-    ONNX Runtime on x86 CPUs without VNNI). The same model always gives the same bytes.
+    ONNX Runtime on x86 CPUs without VNNI); ``None`` does what the target the QModel was
+    planned for says (``weights.uint8_storage``, e.g. ``x86-cpu-onnx``). The same model
+    always gives the same bytes.
     """
     path = Path(path)
     proto, exporter = _build(model, opset, io)
+    if uint8_weights is None:
+        uint8_weights = isinstance(model, QModel) and bool(model.meta.get("uint8_weight_storage"))
     if uint8_weights and weights_as_uint8(proto):
         onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString(deterministic=True)

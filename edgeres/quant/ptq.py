@@ -243,6 +243,7 @@ def quantize_graph(
         "config": cfg.to_json(),
         "target": target.name,
         "lowering": target.ops.lowering.to_json(),
+        "uint8_weight_storage": target.weights.uint8_storage,  # read by the ONNX exporter
         "calibration_samples": int(calib.shape[0]),
         **({"smooth": smooth_report.to_json(),
             "smooth_divisors": smooth_report.divisors} if smooth_report else {}),

@@ -543,6 +543,7 @@ class _Run:
                 "steps": self.state.step, "start_scheme": start.scheme,
                 "plan": start.meta.get("plan"), "rex": start.meta.get("rex"),
                 "lowering": start.meta.get("lowering"),
+                "uint8_weight_storage": start.meta.get("uint8_weight_storage", False),
                 "calibration_samples": start.meta.get("calibration_samples")}
         scheme = "qat" if start.scheme == "ptq" else f"{start.scheme}+qat"
         qmodel = qat_to_qmodel(self.net, meta=meta, scheme=scheme)
