@@ -244,8 +244,8 @@ def _export(qmodel: QModel, graph, target: Target, stage: Path) -> tuple[str, di
     export_onnx(graph, stage / "float.onnx")
     if target.format == "onnx":
         io_mode = "float" if target.io_dtype == "float32" else "int"
-        info = export_onnx(qmodel, stage / "model.onnx", io=io_mode,
-                           uint8_weights=target.weights.uint8_storage)
+        # weight storage (int8, or uint8 + 128 for x86-cpu-onnx) follows the QModel's target
+        info = export_onnx(qmodel, stage / "model.onnx", io=io_mode)
         return "model.onnx", _portable(info.to_json())
     from edgeres.export.tflite import export_tflite
 
