@@ -82,3 +82,25 @@ def test_entropy_keeps_what_it_should() -> None:
     outlier = torch.cat([torch.randn(200_000, generator=g), torch.tensor([40.0])])
     lo, hi = choose_range(_stats(outlier), "entropy", 256, 99.99)
     assert -40 < lo < -2 and 2 < hi < 40
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_range_is_exact_min_max_and_rejects_non_finite(per_channel: bool) -> None:
+    """Per-channel stats take the tensor's range from the channel ranges (one reduction
+    pass instead of two); both paths must give the exact min/max and refuse NaN/Inf."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(4, 8, 5, 5, generator=gen, dtype=torch.float64) * (i + 1)
+               for i in range(3)]
+    stats = TensorStats(per_channel=per_channel)
+    for b in batches:
+        stats.update_range(b)
+    every = torch.cat(batches)
+    assert (stats.lo, stats.hi) == (float(every.min()), float(every.max()))
+    if per_channel:
+        assert torch.equal(stats.channel_lo, every.amin(dim=(0, 2, 3)))
+        assert torch.equal(stats.channel_hi, every.amax(dim=(0, 2, 3)))
+    for bad in (float("nan"), float("inf")):
+        x = batches[0].clone()
+        x[1, 2, 3, 4] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            TensorStats(per_channel=per_channel).update_range(x)

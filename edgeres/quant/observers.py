@@ -44,12 +44,6 @@ class TensorStats:
     sample_channels: list[Tensor] = field(default_factory=list)
 
     def update_range(self, x: Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach())
-        lo_f, hi_f = float(lo), float(hi)
-        if not (np.isfinite(lo_f) and np.isfinite(hi_f)):
-            raise ValueError("non-finite activation")
-        self.lo = min(self.lo, lo_f)
-        self.hi = max(self.hi, hi_f)
         if self.per_channel and x.dim() >= 2:
             dims = [d for d in range(x.dim()) if d != 1]
             c_lo = x.detach().amin(dim=dims).to(torch.float64)
@@ -58,6 +52,14 @@ class TensorStats:
                 self.channel_lo, c_lo)
             self.channel_hi = c_hi if self.channel_hi is None else torch.maximum(
                 self.channel_hi, c_hi)
+            lo, hi = c_lo.min(), c_hi.max()  # exact: no second pass over the tensor
+        else:
+            lo, hi = torch.aminmax(x.detach())
+        lo_f, hi_f = float(lo), float(hi)
+        if not (np.isfinite(lo_f) and np.isfinite(hi_f)):
+            raise ValueError("non-finite activation")
+        self.lo = min(self.lo, lo_f)
+        self.hi = max(self.hi, hi_f)
 
     def update_samples(self, x: Tensor, gen: torch.Generator) -> None:
         flat = x.detach().reshape(-1)
