@@ -136,11 +136,14 @@ class QParams:
             return self.dequantize(self.quantize(x.to(torch.float32))).to(x.dtype)
         scale = self._broadcast(self.scale, x.dim())
         zp = self._broadcast(self.zero_point.astype(np.float32), x.dim())
-        q = torch.round(x.to(torch.float32) / scale).add_(zp)
-        q = q.clamp_(self.spec.qmin, self.spec.qmax).sub_(zp)
+        # x itself is the caller's; a float32 copy of float64 x is ours to overwrite (one
+        # allocation instead of three)
+        own = x.dtype != torch.float32
+        q = x.to(torch.float32).div_(scale) if own else torch.div(x, scale)
+        q = q.round_().add_(zp).clamp_(self.spec.qmin, self.spec.qmax).sub_(zp)
         if x.dtype == torch.float32:
             return q.mul_(scale)
-        return q.to(torch.float64) * scale.to(torch.float64)
+        return q.to(torch.float64).mul_(scale.to(torch.float64))
 
     def to_json(self) -> dict:
         return {

@@ -240,3 +240,25 @@ def test_output_bias_correction_on_real_data() -> None:
     # held-out test images: the per-class offset was the network's, not the calibration set's
     held_before, held_after = mean_err(plain, held_out), mean_err(fixed, held_out)
     assert float(held_after.abs().mean()) < 0.7 * float(held_before.abs().mean())
+
+
+def test_output_bias_correction_reads_the_float_mean_from_calibration() -> None:
+    """The calibration pass measures the float output's mean, so the correction needs no
+    float pass of its own: same bias codes as measuring it again (unsmoothed plan, where
+    the float graph the two passes run is the same)."""
+    from edgeres.data.specs import load_spec
+    from edgeres.quant.ptq import correct_output_bias
+    from edgeres.quant.qmodel import QModel
+    from edgeres.zoo import get_entry
+
+    entry = get_entry("mobilenet_v2_fmnist")
+    calib = load_spec("fmnist:train@64", entry.preprocess, entry.in_chans, entry.img_size).x
+    graph = capture(create_model("mobilenet_v2_fmnist", pretrained=True).eval(), calib[:1])
+    cfg, target = PTQConfig(smooth_alpha=0.0), load_target("arm-cpu-tflite")
+    plain = quantize_graph(graph, cfg, target, calib)
+    fixed = quantize_graph(graph, replace(cfg, output_bias_correction=True), target, calib)
+    again = QModel(plain.graph, plain.act_qparams, dict(plain.weights))
+    head = correct_output_bias(again, calib, cfg.calib_batch)["layer"]  # its own float pass
+    assert not np.array_equal(again.weights[head].bias_codes, plain.weights[head].bias_codes)
+    np.testing.assert_array_equal(again.weights[head].bias_codes,
+                                  fixed.weights[head].bias_codes)

@@ -112,7 +112,9 @@ def test_fake_quantize_matches_quantize_dequantize_reference(
     zp = (np.zeros(n, np.int64) if spec.symmetric
           else rng.integers(spec.qmin, spec.qmax + 1, n).astype(np.int64))
     qp = QParams(qspec, scale, zp)
-    got = qp.fake_quantize(torch.from_numpy(x))
+    given = torch.from_numpy(x.copy())
+    got = qp.fake_quantize(given)
     want = _numpy_fake_quant(x, qp, axis).astype(dtype)  # float32: the one rounding of a runtime
-    assert got.dtype == torch.from_numpy(x).dtype
+    assert got.dtype == given.dtype
     np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(given.numpy(), x)  # works in place only on its own copies

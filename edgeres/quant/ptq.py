@@ -65,7 +65,10 @@ def collect_stats(
     rescaled channel-wise, see :meth:`TensorStats.divided`)."""
     stats = {t: TensorStats(per_channel=t in per_channel)
              for t in [*plan.act_specs, *(t for t in per_channel if t not in plan.act_specs)]}
+    # weighted layers' inputs (bias correction) and the model's outputs (output bias
+    # correction: the float side of its mean error, so it needs no float pass of its own)
     wants_mean = {n.inputs[0] for n in graph.nodes if n.name in plan.weight_specs}
+    wants_mean.update(graph.outputs)
     sample = cfg.act_observer != "minmax"
     gen = torch.Generator().manual_seed(0)
     batches = list(_batches(x, cfg.calib_batch))
@@ -237,7 +240,10 @@ def quantize_graph(
                         "seconds": round(time.perf_counter() - t0, 3)}
     output_bias = None
     if cfg.output_bias_correction:
-        output_bias = correct_output_bias(QModel(graph, act_qp, weights), calib, cfg.calib_batch)
+        output_bias = correct_output_bias(
+            QModel(graph, act_qp, weights), calib, cfg.calib_batch,
+            float_mean=stats[graph.outputs[0]].channel_mean() if graph.outputs[0] in stats
+            else None)
     meta = {
         "plan": plan.to_json(),
         "config": cfg.to_json(),
@@ -292,7 +298,9 @@ def _smoothed_stats(
     return graph, stats, report
 
 
-def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
+def correct_output_bias(
+    qm: QModel, calib: Tensor, batch: int, float_mean: Tensor | None = None
+) -> dict | None:
     """Take the mean logit error of the whole integer network out of the classifier's bias.
 
     Activation rounding and clipping shift some logits on average (MobileNetV2-1.0: the
@@ -303,6 +311,8 @@ def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
     et al.) is the general form; it overfitted the photo set (BENCHMARKS.md), so only the
     output layer, whose error is the one that decides, is corrected. Edits ``qm.weights``;
     returns what it did, or None when the output is not written by a conv / linear.
+    ``float_mean``: the float output's per-channel mean over ``calib`` if the calibration
+    pass measured it (it does); otherwise a float pass here computes it.
     """
     graph = qm.graph
     if len(graph.outputs) != 1:
@@ -313,14 +323,11 @@ def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
     qw = qm.weights[node.name]
     if qw.bias_codes is None or qw.bias_qparams is None:
         return None
-    total, count = 0.0, 0
     params = qm.param_overrides()
-    for xb in _batches(calib, batch):  # float32, as calibration runs: enough for a mean
-        sim = run_graph(graph, xb, qm.act_qparams, params, dtype=STATS_DTYPE)
-        err = sim[graph.outputs[0]] - run_graph(graph, xb, dtype=STATS_DTYPE)[graph.outputs[0]]
-        per_channel = err.to(torch.float64).transpose(0, 1).reshape(err.shape[1], -1)
-        total, count = total + per_channel.sum(dim=1), count + per_channel.shape[1]
-    mean_err = (total / count).numpy()  # per output channel (over samples and positions)
+    sim_mean = _output_channel_mean(graph, calib, batch, qm.act_qparams, params)
+    if float_mean is None:
+        float_mean = _output_channel_mean(graph, calib, batch)
+    mean_err = (sim_mean - float_mean.to(torch.float64)).numpy()  # per output channel
     step = np.broadcast_to(qw.bias_qparams.scale.astype(np.float64), mean_err.shape)
     shift = np.round(mean_err / step).astype(np.int64)
     codes = np.clip(qw.bias_codes.astype(np.int64) - shift, -(2**31), 2**31 - 1)
@@ -328,6 +335,21 @@ def correct_output_bias(qm: QModel, calib: Tensor, batch: int) -> dict | None:
                                         qw.bias_qparams)
     return {"layer": node.name, "mean_abs_shift": round(float(np.abs(mean_err).mean()), 5),
             "max_abs_shift": round(float(np.abs(mean_err).max()), 5)}
+
+
+def _output_channel_mean(
+    graph: Graph, x: Tensor, batch: int, act_qparams: dict[str, QParams] | None = None,
+    params: dict[str, dict[str, Tensor]] | None = None,
+) -> Tensor:
+    """Per-channel mean (over samples and positions) of the model's output on ``x``, in
+    float64 like the calibration statistics; quantized when ``act_qparams`` are given."""
+    stats = TensorStats()
+    for xb in _batches(x, batch):
+        out = run_graph(graph, xb, act_qparams, params, dtype=STATS_DTYPE)[graph.outputs[0]]
+        stats.update_channel_mean(out)
+    mean = stats.channel_mean()
+    assert mean is not None  # at least one batch of a tensor with a channel axis
+    return mean
 
 
 def quantize(
