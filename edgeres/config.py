@@ -77,7 +77,10 @@ class PTQConfig(_JsonConfig):
     ``output_bias_correction`` finally subtracts the mean logit error of the whole integer
     network on the calibration data from the output layer's int32 bias
     (:func:`edgeres.quant.ptq.correct_output_bias`): free at run time, -5 to -8 % top-1/top-2
-    logit error on MobileNetV2-1.0 (BENCHMARKS.md, session 6).
+    logit error on MobileNetV2-1.0 (BENCHMARKS.md, session 6). Opt-in: over ten calibration
+    draws it raised that model's ten-crop agreement by 0.5 points (96.6 -> 97.1 %, +0.1 dB
+    on every draw) but moved one labelled ImageNet image (a 0.5-logit near tie) to the wrong
+    class on most draws, and it costs one more pass over the data (BENCHMARKS.md, session 15).
     """
 
     weight_bits: int = 8
