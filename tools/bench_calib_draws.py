@@ -14,7 +14,8 @@ agreement is >= 97 % and the quantized top-1 on the 20 equals float's. Each draw
 the agreement expected at its noise level (``edgeres.check.expected_agreement``, what
 ``edgeres convert`` reports), to compare with the spread of the counts, and the sd of its
 top-1/top-2 logit error (sigma) next to the sigma at which 97 % would be expected. Writes a
-table, JSON and a plot of agreement against logits SQNR per draw.
+table, JSON (with the labelled images each draw gets wrong) and a plot of agreement against
+logits SQNR per draw.
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{proto} sqnr_db"] = sqnr(f, lg)
                 q1, f1 = top1(lg[single], y), top1(f[single], y)
                 row[f"{proto} top1 (float)"] = f"{q1:.0f} ({f1:.0f})"
+                # which of the 20 labelled images it gets wrong: a top-1 change between
+                # configs is often one near-tie image, the same on every draw
+                row[f"{proto} wrong"] = [int(i) for i in
+                                         np.flatnonzero((lg[single].argmax(1) != y).numpy())]
                 row[f"{proto} pass"] = row[f"{proto} agree"] >= GOAL_AGREEMENT and q1 == f1
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 "draws passing": f"{sum(r[f'{proto} pass'] for r in mine)} of {len(mine)}",
             })
     print_table("MobileNetV2-1.0 int8 LiteRT file, one row per calibration draw", rows,
-                [c for c in rows[0] if not c.endswith(("_pct", "sigma"))])
+                [c for c in rows[0] if not c.endswith(("_pct", "sigma", "wrong"))])
     print_table("Summary over draws", summary, list(summary[0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out.with_suffix(".png"))
