@@ -141,7 +141,7 @@ class QParams:
         own = x.dtype != torch.float32
         q = x.to(torch.float32).div_(scale) if own else torch.div(x, scale)
         q = q.round_().add_(zp).clamp_(self.spec.qmin, self.spec.qmax).sub_(zp)
-        if x.dtype == torch.float32:
+        if not own:
             return q.mul_(scale)
         return q.to(torch.float64).mul_(scale.to(torch.float64))
 
