@@ -77,10 +77,10 @@ def main() -> None:
                 f"all {total:.2f} dB, weights only {weights_only:.2f} dB, "
                 f"sum of single tensors {-10 * torch.log10(torch.tensor(summed)):.2f} dB",
                 rows[: args.top], ["tensor", "sqnr_db", "share_pct"])
-    flips = explain_flips(ref, full, wq, alone_logits)
+    flips = explain_flips(ref, full, wq, alone_logits, stride=args.stride)
     if flips:
-        print_table(f"Flips: the float winner's lead over the quantized winner, and what moves "
-                    f"it (view index within the {len(x)} scored views)", flips,
+        print_table("Flips: the float winner's lead over the quantized winner, and what moves "
+                    "it (view: index in the 260; 0-19 are the labelled images)", flips,
                     ["view", "float_lead", "all", "weights_only", "largest single tensors"])
     write_json(args.out, {"command": " ".join(sys.argv), "machine": machine(),
                           "smooth_alpha": qm.meta["config"]["smooth_alpha"],
@@ -89,10 +89,12 @@ def main() -> None:
 
 
 def explain_flips(ref: torch.Tensor, full: torch.Tensor, weights_only: torch.Tensor,
-                  alone: dict[str, torch.Tensor], top: int = 3) -> list[dict]:
+                  alone: dict[str, torch.Tensor], top: int = 3, stride: int = 1
+                  ) -> list[dict]:
     """For each view whose top-1 changes, the float winner's lead over the quantized winner
     in float, and how much it moves with everything quantized, the weights only, and each
-    tensor alone (the ``top`` largest moves). Negative = towards the flip."""
+    tensor alone (the ``top`` largest moves). Negative = towards the flip. Views are
+    numbered in the full set the rows were taken from every ``stride``-th of."""
     rows = []
     for v in torch.nonzero(full.argmax(1) != ref.argmax(1)).flatten().tolist():
         win, rival = int(ref[v].argmax()), int(full[v].argmax())
@@ -102,7 +104,7 @@ def explain_flips(ref: torch.Tensor, full: torch.Tensor, weights_only: torch.Ten
 
         base = lead(ref)
         moves = sorted(((t, lead(lg) - base) for t, lg in alone.items()), key=lambda m: m[1])
-        rows.append({"view": v, "float_winner": win, "quantized_winner": rival,
+        rows.append({"view": v * stride, "float_winner": win, "quantized_winner": rival,
                      "float_lead": round(base, 3), "all": round(lead(full) - base, 3),
                      "weights_only": round(lead(weights_only) - base, 3),
                      "largest single tensors": ", ".join(f"{t} {m:+.2f}"
