@@ -174,6 +174,10 @@ def convert(
     percentile: Annotated[
         float, typer.Option(help="the percentile observer's coverage, in %")
     ] = 99.99,
+    input_mode: Annotated[
+        str, typer.Option("--input", help="normalized: the model takes (pixel/255-mean)/std; "
+                          "pixels: it takes pixel - P, camera bytes as they are (PTQ, REx)")
+    ] = "normalized",
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
     rex_budget: Annotated[
@@ -209,6 +213,7 @@ def convert(
         output_bias_correction=output_bias,
         act_observer=observer,  # type: ignore[arg-type]  # checked by ConvertOptions
         percentile=percentile,
+        input=input_mode,  # type: ignore[arg-type]  # checked by ConvertOptions
     )
     _run_convert(opts, as_json)
 

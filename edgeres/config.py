@@ -81,6 +81,10 @@ class PTQConfig(_JsonConfig):
     draws it raised that model's ten-crop agreement by 0.5 points (96.6 -> 97.1 %, +0.1 dB
     on every draw) but moved one labelled ImageNet image (a 0.5-logit near tie) to the wrong
     class on most draws, and it costs one more pass over the data (BENCHMARKS.md, session 15).
+
+    ``input_range`` fixes the model input's real range instead of calibrating it: a
+    pixels-in model (:mod:`edgeres.graph.pixels`) takes ``pixel - P`` in ``[-P, 255 - P]``,
+    so that every camera byte is exactly one code.
     """
 
     weight_bits: int = 8
@@ -97,8 +101,14 @@ class PTQConfig(_JsonConfig):
     smooth_alpha: float | None = None  # > 0: activation outliers into weights; None: by the plan
     reconstruct_iters: int = 0  # > 0: block reconstruction (BRECQ + QDrop), steps per block
     output_bias_correction: bool = False  # output layer's bias minus the mean logit error
+    input_range: tuple[float, float] | None = None  # the model input's range, not calibrated
 
     def __post_init__(self) -> None:
+        if self.input_range is not None:
+            lo, hi = self.input_range
+            if not lo < hi:
+                raise UserError(f"input_range must be (low, high) with low < high, got "
+                                f"{self.input_range}")
         if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
             raise UserError(f"weight_bits must be 2..8, got {self.weight_bits}")
         if self.act_bits not in (8, 16):

@@ -9,6 +9,7 @@ True
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
 import zipfile
@@ -28,20 +29,30 @@ from edgeres.bundle import (
     staged_bundle,
     write_manifest,
 )
-from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model
+from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model, sqnr_db
 from edgeres.config import ActObserver, PTQConfig, RExConfig
 from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
+from edgeres.graph.ir import run_graph
+from edgeres.graph.pixels import (
+    fold_input_normalization,
+    pad_pixel,
+    pixel_preprocess,
+    pixel_range,
+    to_pixels,
+)
 from edgeres.graph.rewrites import lower_for_target
 from edgeres.quant.plan import is_depthwise
 from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
 from edgeres.report import write_report
 from edgeres.resolve import ResolvedModel, parse_bits, resolve_model
+from edgeres.target_extras import mcu_extras, vela_extras
 from edgeres.targets import Target, load_target
 
 Scheme = Literal["ptq", "rex", "qat", "rex+qat"]
+InputMode = Literal["normalized", "pixels"]
 GOLDEN_SAMPLES = 8
 
 
@@ -76,6 +87,7 @@ class ConvertOptions:
     output_bias_correction: bool = False  # PTQ: output bias minus the mean logit error
     act_observer: ActObserver = "percentile"  # activation ranges (PTQConfig.act_observer)
     percentile: float = 99.99  # the percentile observer's coverage
+    input: InputMode = "normalized"  # "pixels": the model takes pixel - P (edgeres.graph.pixels)
 
     def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
         observers = get_args(ActObserver)
@@ -101,6 +113,12 @@ class ConvertOptions:
         if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 100.0:
             raise UserError(f"--min-agreement is a percentage in [0, 100], got "
                             f"{self.min_agreement}")
+        if self.input not in get_args(InputMode):
+            raise UserError(f"--input must be one of {' | '.join(get_args(InputMode))}, got "
+                            f"'{self.input}'")
+        if self.input == "pixels" and self.scheme not in ("ptq", "rex"):
+            raise UserError(f"--input pixels applies to --scheme ptq|rex, not '{self.scheme}' "
+                            "(QAT learns the input's scale, which pixels in must keep at 1)")
         if self.max_drop is not None and self.max_drop < 0:
             raise UserError(f"--max-drop is the largest top-1 loss in points allowed, >= 0; "
                             f"got {self.max_drop}")
@@ -160,7 +178,8 @@ def _quantize(
                     adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha,
                     reconstruct_iters=opts.reconstruct_iters,
                     output_bias_correction=opts.output_bias_correction,
-                    act_observer=opts.act_observer, percentile=opts.percentile)
+                    act_observer=opts.act_observer, percentile=opts.percentile,
+                    input_range=pixel_range(rm.preprocess) if opts.input == "pixels" else None)
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     rex = RExConfig(
@@ -262,7 +281,9 @@ def _portable(info: dict) -> dict:
     return info
 
 
-def _io_entries(info: dict, rm: ResolvedModel) -> tuple[list[dict], list[dict]]:
+def _io_entries(
+    info: dict, rm: ResolvedModel, pixel_offset: int | None = None
+) -> tuple[list[dict], list[dict]]:
     def entry(t: dict, pre: bool) -> dict:
         e = {
             "name": t["name"],
@@ -274,9 +295,50 @@ def _io_entries(info: dict, rm: ResolvedModel) -> tuple[list[dict], list[dict]]:
         }
         if pre:
             e["preprocess"] = rm.preprocess.to_json()
+            if pixel_offset is not None:
+                e["pixel_offset"] = pixel_offset
         return e
 
     return [entry(t, True) for t in info["inputs"]], [entry(t, False) for t in info["outputs"]]
+
+
+FOLD_CHECK_SAMPLES = 256  # ImageNet's 200 ten-crop views, all of them
+FOLD_CHECK_BATCH = 50
+
+
+def _pixels_in(
+    graph, calib: DataSet, evalset: DataSet, rm: ResolvedModel  # noqa: ANN001 - Graph
+) -> tuple:  # (Graph, DataSet, DataSet, ResolvedModel, dict)
+    """Fold the input normalization into the first convs (:mod:`edgeres.graph.pixels`), move
+    the data into pixel space, and measure what the fold changed (only border pads move):
+    float.onnx is then the folded model, so the bundle's metrics are against it, and this
+    note is what ties it to the model the user gave."""
+    pre = rm.preprocess
+    folded = fold_input_normalization(graph, pre)
+    calib = replace(calib, x=to_pixels(calib.x, pre))
+    normalized = evalset.x[:FOLD_CHECK_SAMPLES]
+    evalset = replace(evalset, x=to_pixels(evalset.x, pre))
+
+    def logits(g, x: torch.Tensor) -> np.ndarray:  # noqa: ANN001 - Graph
+        return torch.cat([run_graph(g, x[i : i + FOLD_CHECK_BATCH])[g.outputs[0]]
+                          for i in range(0, len(x), FOLD_CHECK_BATCH)]).double().numpy()
+
+    ref = logits(graph, normalized)
+    got = logits(folded, evalset.x[:FOLD_CHECK_SAMPLES])
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    flips = np.nonzero(ref.argmax(-1) != got.argmax(-1))[0]
+    note = {
+        "pixel_offset": pad_pixel(pre),
+        "normalization_folded": pre.to_json(),
+        "samples": len(ref),
+        "float_sqnr_db": None if math.isinf(db := sqnr_db(ref, got)) else round(db, 2),
+        "float_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean() * 100),
+        "float_flips": [{"input": int(i), "float_margin": round(float(top2[i, 1] - top2[i, 0]), 4)}
+                        for i in flips],
+        "why": "float.onnx and model take pixel - pixel_offset; a conv pads with pixel "
+               "pixel_offset where the float model padded each channel's mean",
+    }
+    return folded, calib, evalset, replace(rm, preprocess=pixel_preprocess(pre)), note
 
 
 def _ops(qmodel: QModel, target: Target) -> list[dict]:
@@ -316,60 +378,6 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
             zf.writestr(
                 zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue()
             )
-
-
-def _mcu_extras(
-    stage: Path, target: Target, rm: ResolvedModel, golden_x: np.ndarray, bundle: Bundle
-) -> dict:
-    """TFLM arena (measured on the host interpreter) and the C arrays for firmware."""
-    from edgeres import __version__
-    from edgeres.export.c import export_c
-    from edgeres.runtime.tflm import run_tflm
-
-    feed = [encode_input(golden_x[:1], bundle.manifest["inputs"][0])]
-    res = run_tflm(bundle.model_file, feed)
-    export_c(
-        bundle.model_file.read_bytes(), stage, res.arena_bytes, rm.name, target.name, __version__
-    )
-    fits = (
-        None if target.memory.arena_bytes is None else res.arena_bytes <= target.memory.arena_bytes
-    )
-    return {
-        "tflm_arena_bytes": res.arena_bytes,
-        "arena_budget_bytes": target.memory.arena_bytes,
-        "arena_fits": fits,
-    }
-
-
-def _vela_extras(stage: Path, target: Target, bundle: Bundle) -> dict:
-    from edgeres.runtime.vela import compile_vela
-
-    v = target.vela
-    assert v is not None
-    rep = compile_vela(
-        bundle.model_file,
-        v.accelerator_config,
-        out_dir=stage / "vela",
-        system_config=v.system_config,
-        memory_mode=v.memory_mode,
-        config=v.config,
-    )
-    for extra in (stage / "vela").glob("*"):
-        if extra.name != "model_vela.tflite":
-            extra.unlink()
-    return {
-        "vela": {
-            "accelerator": rep.accelerator,
-            "npu_ops": rep.npu_ops,
-            "cpu_ops": rep.cpu_ops,
-            "cpu_op_types": rep.cpu_op_types,
-            "cycles": rep.cycles_total,
-            "inference_ms": rep.inference_time_s * 1e3,
-            "sram_bytes": rep.sram_bytes,
-            "flash_bytes": rep.flash_bytes,
-            "all_on_npu": rep.all_on_npu,
-        }
-    }
 
 
 def convert(
@@ -413,6 +421,15 @@ def convert(
     # lowered here too (quantize_graph does it anyway) so float.onnx names every node the
     # device runs and `edgeres check` can compare them one by one
     graph = lower_for_target(capture(rm.module, calib.x[:1]), target.ops.lowering)
+    pixels_note = None
+    if opts.input == "pixels":
+        graph, calib, evalset, rm, pixels_note = _pixels_in(graph, calib, evalset, rm)
+        flips = pixels_note["float_flips"]
+        console.log(f"pixels in: the model takes pixel - {pixels_note['pixel_offset']}; the "
+                    f"folded float model agrees on {pixels_note['float_agreement']:.1f} % of "
+                    f"{pixels_note['samples']} inputs at {pixels_note['float_sqnr_db']} dB"
+                    + (f" (it flips {len(flips)}, float margins up to "
+                       f"{max(f['float_margin'] for f in flips):.3g})" if flips else ""))
     console.log(f"{rm.name}: {len(graph.nodes)} ops captured; calibrating on {calib.name}")
     t1 = time.perf_counter()
     qmodel = _quantize(rm, opts, target, calib, graph, progress)
@@ -424,7 +441,8 @@ def convert(
     y_eval = evalset.y.numpy() if evalset.y is not None else None
     with staged_bundle(out) as stage:
         model_file, info = _export(qmodel, graph, target, stage)
-        inputs, outputs = _io_entries(info, rm)
+        inputs, outputs = _io_entries(
+            info, rm, pixels_note["pixel_offset"] if pixels_note else None)
         manifest = {
             "model": rm.name,
             "target": target.name,
@@ -464,9 +482,9 @@ def convert(
                 t: s.numpy().astype(np.float32) for t, s in qmodel.meta["smooth_divisors"].items()})
         extras: dict = {}
         if target.runtime == "tflm":
-            extras = _mcu_extras(stage, target, rm, gx, bundle)
+            extras = mcu_extras(stage, target, rm, gx, bundle)
         elif target.runtime == "vela":
-            extras = _vela_extras(stage, target, bundle)
+            extras = vela_extras(stage, target, bundle)
         layers = layer_errors(qmodel, torch.from_numpy(x_eval[:4]))
         from edgeres import __version__
 
@@ -490,6 +508,7 @@ def convert(
             **{k: qmodel.meta[k]
                for k in ("config", "smooth", "reconstruct", "output_bias_correction")
                if k in qmodel.meta},
+            **({"pixels_in": pixels_note} if pixels_note else {}),
             "export": info,
             "ops": manifest["ops"],
             "layer_sqnr": [e.to_json() for e in layers],

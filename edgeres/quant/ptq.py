@@ -189,6 +189,8 @@ def quantize_graph(
     started = time.perf_counter()
     graph = lower_for_target(graph, target.ops.lowering)
     plan = make_plan(graph, target, cfg.weight_bits, cfg.act_bits, cfg.per_channel, cfg.ignore)
+    if cfg.input_range is not None:
+        fix_input_range(graph, plan, cfg.input_range)
     asked = cfg.smooth_alpha is not None
     cfg = replace(cfg, smooth_alpha=smooth_alpha_for(cfg, plan, bool(weight_overrides)))
     plan.report.append(Decision("activation ranges", _RANGE_RULES[cfg.act_observer].format(
@@ -260,6 +262,22 @@ def quantize_graph(
     qm = QModel(graph, act_qp, weights, scheme="ptq", meta=meta)
     qm.plan = plan  # type: ignore[attr-defined]
     return qm
+
+
+def fix_input_range(graph: Graph, plan: QuantPlan, bounds: tuple[float, float]) -> None:
+    """Give the model input the QParams of ``bounds`` (a pixels-in model: one code per pixel
+    value) instead of calibrated ones; every step after calibration keeps them as given."""
+    name = graph.inputs[0].name
+    spec = plan.act_specs.get(name)
+    if spec is None:
+        raise UserError(f"input_range: the model input '{name}' is not quantized in this plan")
+    if spec.symmetric:
+        raise UserError(f"input_range: {plan.target} quantizes activations symmetrically, so "
+                        f"zero must be code 0 and [{bounds[0]:g}, {bounds[1]:g}] cannot be one "
+                        "code per pixel; use --input normalized for this target")
+    plan.fixed[name] = qparams_from_range(spec, *bounds)
+    plan.report.append(Decision(name, f"fixed range [{bounds[0]:g}, {bounds[1]:g}]",
+                                "the model takes pixels: every camera byte is exactly one code"))
 
 
 AUTO_SMOOTH_ALPHA = 0.5
