@@ -1,17 +1,19 @@
 """Pixels in vs normalized in: same PTQ, same calibration draw, LiteRT files side by side.
 
-    python tools/bench_pixels_in.py                                   # 3 models, 4 draws
+    python tools/bench_pixels_in.py                                   # 3 models, 4 draws, defaults
     python tools/bench_pixels_in.py --models mobilenet_v2_fmnist --draws 8
+    python tools/bench_pixels_in.py --models mobilenet_v2_100 --config "output_bias_correction=True"
 
 ``edgeres convert --input pixels`` folds the input normalization into the first convs and fixes
 the input at scale 1 (one code per camera byte) instead of calibrating it. Two things can move:
 the fold itself (exact but where the first conv pads: a pad is the mean pixel, not each
 channel's mean), measured float against float; and the quantized model, whose input grid is
-now the camera's own. For each calibration draw (ImageNet: 128 photo crops, seed k; Fashion-
-MNIST: ``fmnist:train@512`` seed k, what ``edgeres convert`` uses) both inputs are quantized
-with the default PTQConfig, exported as .tflite and run in LiteRT (XNNPACK); both are scored
-against the *original* float model, so the pixels rows pay for the fold too. The paired
-difference per draw is what to read: the draws move either model by more than the input does.
+now the camera's own. For each calibration draw (ImageNet: 128 photo crops, seed k;
+Fashion-MNIST: ``fmnist:train@512`` seed k, what ``edgeres convert`` uses) both inputs are
+quantized with the default PTQConfig (or ``--config``), exported as .tflite and run in LiteRT
+(XNNPACK); both are scored against the *original* float model, so the pixels rows pay for
+the fold too. The paired difference per draw is what to read: the draws move either model by
+more than the input does.
 Writes a table, JSON and a plot of the paired differences per draw.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,7 @@ from benchlib import (  # noqa: E402
     fmnist_test,
     imagenet_ten_crop,
     machine,
+    parse_config,
     print_table,
     save_figure,
     sqnr,
@@ -45,6 +49,7 @@ from benchlib import (  # noqa: E402
 
 from edgeres.check import expected_agreement  # noqa: E402
 from edgeres.config import PTQConfig  # noqa: E402
+from edgeres.errors import UserError  # noqa: E402
 from edgeres.graph.capture import capture  # noqa: E402
 from edgeres.graph.ir import run_graph  # noqa: E402
 from edgeres.graph.pixels import fold_input_normalization, pixel_range, to_pixels  # noqa: E402
@@ -71,7 +76,9 @@ def data(
                                                    for s in seeds]
 
 
-def rows_for(model: str, seeds: range, calib_n: int | None) -> tuple[list[dict], dict]:
+def rows_for(
+    model: str, seeds: range, calib_n: int | None, base: PTQConfig
+) -> tuple[list[dict], dict]:
     pre = get_entry(model).preprocess
     evalset, scored, calibs = data(model, seeds, calib_n)
     x, y = evalset.x, evalset.y[scored]
@@ -87,9 +94,9 @@ def rows_for(model: str, seeds: range, calib_n: int | None) -> tuple[list[dict],
     for seed, calib in zip(track(seeds, description=model), calibs, strict=True):
         row: dict = {"model": model, "seed": seed}
         for name, g, c, xin, cfg in (
-            ("normalized", graph, calib, x, PTQConfig()),
+            ("normalized", graph, calib, x, base),
             ("pixels", folded, to_pixels(calib, pre), xp,
-             PTQConfig(input_range=pixel_range(pre))),
+             replace(base, input_range=pixel_range(pre))),
         ):
             qm = quantize_graph(g, cfg, target, c)
             lg = edgeres_litert(qm, xin)
@@ -163,18 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=4, help="calibration seeds 0..N-1")
     ap.add_argument("--calib-n", type=int, default=None,
                     help="calibration inputs per draw (default: what edgeres convert uses)")
+    ap.add_argument("--config", default="",
+                    help="PTQConfig keywords for both inputs (\"\" = the defaults)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_pixels_in.json"))
     args = ap.parse_args(argv)
     if args.draws < 1:
         ap.error("--draws must be at least 1")
+    try:  # fail before any work, in one line
+        base = parse_config(args.config)
+    except (SyntaxError, ValueError, TypeError, UserError) as exc:
+        ap.error(f"--config: {exc} (want PTQConfig keywords, e.g. \"output_bias_correction=True\")")
     torch.set_num_threads(args.threads)
     rows, summary = [], []
     for model in args.models:
-        mine, fold = rows_for(model, range(args.draws), args.calib_n)
+        mine, fold = rows_for(model, range(args.draws), args.calib_n, base)
         rows += mine
         summary.append(summarize(mine, fold))
-    print_table("int8 LiteRT files, default PTQ, one row per model and calibration draw", rows,
+    print_table(f"int8 LiteRT files, PTQ {args.config or 'defaults'}, one row per model and "
+                "calibration draw", rows,
                 [c for c in rows[0] if "expected" not in c and "step" not in c])
     print_table("Pixels in minus normalized in (mean +- sd over draws)", summary, list(summary[0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
