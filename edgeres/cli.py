@@ -297,6 +297,7 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ConvertResult
         "bundle",
         "model_file",
         "size_bytes",
+        "input",
         "samples",
         "float_top1",
         "quant_top1",

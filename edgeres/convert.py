@@ -142,6 +142,8 @@ class ConvertResult:
             "scheme": self.manifest["scheme"],
             "model_file": self.manifest["model_file"],
             "size_bytes": self.manifest["size_bytes"],
+            **({"input": self.report["summary"]["input"]}
+               if "input" in self.report.get("summary", {}) else {}),
             **m,
         }
         scored = [d for d in self.report.get("layer_sqnr", [])
@@ -502,6 +504,9 @@ def convert(
                 "evaluation": evalset.name,
                 "model_file": model_file,
                 "size_bytes": info["size_bytes"],
+                **({"input": f"pixel - {pixels_note['pixel_offset']}, normalization folded "
+                    f"(vs the original float: {pixels_note['float_agreement']:.1f} %, "
+                    f"{pixels_note['float_sqnr_db']} dB)"} if pixels_note else {}),
                 **{k: v for k, v in extras.items() if not isinstance(v, dict)},
             },
             "plan": qmodel.meta.get("plan", {}),

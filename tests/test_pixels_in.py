@@ -139,6 +139,7 @@ def test_pixels_bundle_takes_bytes_and_checks(tmp_path, capsys) -> None:
     report = json.loads((out / "report.json").read_text())
     note = report["pixels_in"]
     assert note["float_agreement"] == 100.0 and note["float_sqnr_db"] > 40
+    assert "pixel - 73, normalization folded" in report["summary"]["input"]
     assert m["metrics"]["top1_agreement"] >= 97
     _validates(m)
     assert main(["check", str(out)]) == 0
