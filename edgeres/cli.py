@@ -23,6 +23,9 @@ app = typer.Typer(
     help="Quantize residual mobile networks and ship them, checked, to devices.",
 )
 out = Console()
+InputOption = Annotated[str, typer.Option(
+    "--input", help="normalized: the model takes (pixel/255-mean)/std; pixels: it takes "
+    "pixel - P at scale 1, camera bytes as they are (README: --input pixels)")]
 
 
 def _print_version(show: bool) -> None:
@@ -174,10 +177,7 @@ def convert(
     percentile: Annotated[
         float, typer.Option(help="the percentile observer's coverage, in %")
     ] = 99.99,
-    input_mode: Annotated[
-        str, typer.Option("--input", help="normalized: the model takes (pixel/255-mean)/std; "
-                          "pixels: it takes pixel - P, camera bytes as they are (PTQ, REx)")
-    ] = "normalized",
+    input_mode: InputOption = "normalized",
     rex_order: Annotated[int, typer.Option(help="REx expansion order K")] = 2,
     rex_sparsity: Annotated[float, typer.Option(help="REx group sparsity gamma")] = 0.5,
     rex_budget: Annotated[
@@ -262,6 +262,7 @@ def qat(
     resume: Annotated[Path | None, typer.Option(help="continue from this checkpoint")] = None,
     bench: Annotated[bool, typer.Option(help="measure latency/memory")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    input_mode: InputOption = "normalized",
 ) -> None:
     """Quantization-aware training for TARGET, then the same checked bundle as convert.
 
@@ -284,6 +285,7 @@ def qat(
         qat_dir=checkpoints,
         resume=resume,
         bench=bench,
+        input=input_mode,  # type: ignore[arg-type]  # checked by ConvertOptions
     )
     _run_convert(opts, as_json)
 

@@ -40,6 +40,11 @@ class _JsonConfig:
         return cls(**d)
 
 
+def _check_input_range(bounds: tuple[float, float] | None) -> None:
+    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
+        raise UserError(f"input_range must be (low, high) with low < high, got {bounds}")
+
+
 @dataclass(frozen=True)
 class PTQConfig(_JsonConfig):
     """Post-training quantization.
@@ -104,11 +109,7 @@ class PTQConfig(_JsonConfig):
     input_range: tuple[float, float] | None = None  # the model input's range, not calibrated
 
     def __post_init__(self) -> None:
-        if self.input_range is not None:
-            lo, hi = self.input_range
-            if not lo < hi:
-                raise UserError(f"input_range must be (low, high) with low < high, got "
-                                f"{self.input_range}")
+        _check_input_range(self.input_range)
         if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
             raise UserError(f"weight_bits must be 2..8, got {self.weight_bits}")
         if self.act_bits not in (8, 16):
@@ -171,6 +172,13 @@ class QATConfig(_JsonConfig):
 
     BatchNorm is folded into the convolutions before training starts (statistics frozen from
     step 0): QAT fine-tunes a converged float model, so there is no schedule to set.
+
+    ``input_range`` fixes the model input's QParams for the whole run, as
+    :class:`PTQConfig`'s does: a pixels-in model keeps one code per camera byte.
+    ``input_gain`` is what the fold multiplied each input channel's weights by
+    (:func:`edgeres.graph.pixels.input_gain`, ~1/60 for ImageNet): SGD on a folded weight
+    moves it 1/gain^2 times faster in the float model's units, so those gradients are
+    scaled by gain^2 and the run trains as the unfolded model would.
     """
 
     weight_bits: int = 8
@@ -183,8 +191,13 @@ class QATConfig(_JsonConfig):
     distill_temperature: float = 4.0
     distill_alpha: float = 0.7
     seed: int = 0
+    input_range: tuple[float, float] | None = None  # the model input's range, never learned
+    input_gain: tuple[float, ...] | None = None  # per input channel, folded into the weights
 
     def __post_init__(self) -> None:
+        _check_input_range(self.input_range)
+        if self.input_gain is not None and not all(g > 0 for g in self.input_gain):
+            raise UserError(f"input_gain must be positive per channel, got {self.input_gain}")
         if self.epochs < 1:
             raise UserError(f"QAT epochs must be >= 1, got {self.epochs}")
         if self.steps is not None and self.steps < 1:

@@ -31,12 +31,14 @@ from edgeres.bundle import (
 )
 from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model, sqnr_db
 from edgeres.config import ActObserver, PTQConfig, RExConfig
+from edgeres.data.preprocess import Preprocess
 from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
 from edgeres.graph.capture import capture
 from edgeres.graph.ir import run_graph
 from edgeres.graph.pixels import (
     fold_input_normalization,
+    input_gain,
     pad_pixel,
     pixel_preprocess,
     pixel_range,
@@ -116,9 +118,6 @@ class ConvertOptions:
         if self.input not in get_args(InputMode):
             raise UserError(f"--input must be one of {' | '.join(get_args(InputMode))}, got "
                             f"'{self.input}'")
-        if self.input == "pixels" and self.scheme not in ("ptq", "rex"):
-            raise UserError(f"--input pixels applies to --scheme ptq|rex, not '{self.scheme}' "
-                            "(QAT learns the input's scale, which pixels in must keep at 1)")
         if self.max_drop is not None and self.max_drop < 0:
             raise UserError(f"--max-drop is the largest top-1 loss in points allowed, >= 0; "
                             f"got {self.max_drop}")
@@ -173,8 +172,11 @@ def default_eval(rm: ResolvedModel) -> str:
 
 
 def _quantize(
-    rm: ResolvedModel, opts: ConvertOptions, target: Target, calib: DataSet, graph, progress: bool
+    rm: ResolvedModel, opts: ConvertOptions, target: Target, calib: DataSet, graph, progress: bool,
+    folded: Preprocess | None = None,
 ) -> QModel:  # noqa: ANN001 - Graph
+    """``folded``: for a pixels-in graph, the normalization folded into it (QAT loads its
+    data in that space, as everything else was, and moves it to pixels)."""
     wbits, abits = parse_bits(opts.bits)
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore),
                     adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha,
@@ -196,7 +198,8 @@ def _quantize(
 
         return quantize_rex(graph, rex, target, calib.x, progress=progress)
     if opts.scheme in ("qat", "rex+qat"):
-        return _qat(rm, graph, target, opts, progress, rex if opts.scheme == "rex+qat" else None)
+        return _qat(rm, graph, target, opts, progress, rex if opts.scheme == "rex+qat" else None,
+                    folded)
     raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex, qat or rex+qat)")
 
 
@@ -207,17 +210,23 @@ def _qat(
     opts: ConvertOptions,
     progress: bool,
     rex: RExConfig | None = None,
+    folded: Preprocess | None = None,
 ) -> QModel:
     """QAT on the model's labelled training data (or ``opts.train``), checkpointing every epoch
     into ``opts.qat_dir``; runs data-parallel when started by torchrun. Unlabelled training
     data trains by distillation from the float model alone (``distill_alpha=1``)."""
     from edgeres.quant.qat_train import run_qat
 
-    cfg, train_spec, val_spec = qat_setup(rm, opts)
-    train = load_spec(train_spec, rm.preprocess, rm.in_chans, rm.img_size, model=rm.module)
+    cfg, train_spec, val_spec = qat_setup(rm, opts, folded)
+
+    def load(spec: str) -> DataSet:
+        ds = load_spec(spec, folded or rm.preprocess, rm.in_chans, rm.img_size, model=rm.module)
+        return replace(ds, x=to_pixels(ds.x, folded)) if folded else ds
+
+    train = load(train_spec)
     if train.y is None:  # unlabelled images (photos, a folder without classes): the float
         cfg = replace(cfg, distill_alpha=1.0)  # model is the only teacher
-    val = load_spec(val_spec, rm.preprocess, rm.in_chans, rm.img_size, model=rm.module)
+    val = load(val_spec)
     if val.y is None:
         raise UserError(f"QAT validation data '{val_spec}' has no labels; pass --eval SPEC")
     out = bundle_dir(opts, rm, target)
@@ -226,13 +235,18 @@ def _qat(
                    progress=progress, rex=rex).qmodel
 
 
-def qat_setup(rm: ResolvedModel, opts: ConvertOptions):  # noqa: ANN201 - (QATConfig, str, str)
-    """The QAT config and data specs, checked before any data is loaded."""
+def qat_setup(  # noqa: ANN201 - (QATConfig, str, str)
+    rm: ResolvedModel, opts: ConvertOptions, folded: Preprocess | None = None
+):
+    """The QAT config and data specs, checked before any data is loaded; ``folded``: the
+    normalization a pixels-in graph has folded in."""
     from edgeres.config import QATConfig
 
     wbits, abits = parse_bits(opts.bits)
     cfg = QATConfig(weight_bits=wbits, act_bits=abits, epochs=opts.qat_epochs,
                     steps=opts.qat_steps)
+    if folded is not None:  # pixels in: the input stays at one code per byte
+        cfg = replace(cfg, input_range=pixel_range(folded), input_gain=input_gain(folded))
     train_spec = opts.train or ("fmnist:train" if rm.label_set == "fmnist" else None)
     if train_spec is None:
         raise UserError(
@@ -423,8 +437,9 @@ def convert(
     # lowered here too (quantize_graph does it anyway) so float.onnx names every node the
     # device runs and `edgeres check` can compare them one by one
     graph = lower_for_target(capture(rm.module, calib.x[:1]), target.ops.lowering)
-    pixels_note = None
+    pixels_note, folded = None, None
     if opts.input == "pixels":
+        folded = rm.preprocess
         graph, calib, evalset, rm, pixels_note = _pixels_in(graph, calib, evalset, rm)
         flips = pixels_note["float_flips"]
         console.log(f"pixels in: the model takes pixel - {pixels_note['pixel_offset']}; the "
@@ -434,7 +449,7 @@ def convert(
                        f"{max(f['float_margin'] for f in flips):.3g})" if flips else ""))
     console.log(f"{rm.name}: {len(graph.nodes)} ops captured; calibrating on {calib.name}")
     t1 = time.perf_counter()
-    qmodel = _quantize(rm, opts, target, calib, graph, progress)
+    qmodel = _quantize(rm, opts, target, calib, graph, progress, folded)
     timings["quantize_s"] = time.perf_counter() - t1
     if is_worker_rank():
         return None

@@ -46,6 +46,11 @@ def pixel_range(pre: Preprocess) -> tuple[float, float]:
     return float(-p), float(PIXEL_MAX - p)
 
 
+def input_gain(pre: Preprocess) -> tuple[float, ...]:
+    """d(normalized input) / d(pixel - P) per channel: what the fold multiplies weights by."""
+    return tuple(1.0 / (s * PIXEL_MAX) for s in pre.std)
+
+
 def to_pixels(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """Normalized NCHW inputs (``pre``) as the pixels-in model's inputs, ``pixel - P``."""
     c = x.shape[1]
@@ -77,7 +82,7 @@ def fold_input_normalization(graph: Graph, pre: Preprocess) -> Graph:
                         f"read the input, but {what} reads it; convert with --input normalized")
     mean = torch.tensor(pre.mean, dtype=torch.float64)
     std = torch.tensor(pre.std, dtype=torch.float64)
-    gain = 1.0 / (std * PIXEL_MAX)  # d(normalized) / d(pixel), per input channel
+    gain = torch.tensor(input_gain(pre), dtype=torch.float64)
     offset = (pad_pixel(pre) / PIXEL_MAX - mean) / std  # normalized value of pixel P
     for node in readers:
         w, b = node.params["weight"], node.params["bias"]
@@ -92,5 +97,5 @@ def fold_input_normalization(graph: Graph, pre: Preprocess) -> Graph:
     return out
 
 
-__all__ = ["fold_input_normalization", "pad_pixel", "pixel_preprocess", "pixel_range",
+__all__ = ["fold_input_normalization", "input_gain", "pad_pixel", "pixel_preprocess", "pixel_range",
            "to_pixels"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,17 +179,24 @@ class QATNet(nn.Module):
 
     ``layers``: one brevitas QuantConv2d/QuantLinear per weight-quantized node; ``acts``: one
     QuantIdentity per quantized tensor (outputs whose QParams the runtime fixes, e.g. softmax,
-    are frozen; reshape/transpose outputs reuse their input's codes); ``float_params``: the
+    are frozen, and so are the ``frozen`` tensors, e.g. a pixels-in model's input, whose
+    first convs' gradients ``input_gain`` rescales (:func:`folded_input_gradient_scale`);
+    reshape/transpose outputs reuse their input's codes); ``float_params``: the
     trainable parameters of nodes that stay float (LayerNorm islands, ignored layers).
     """
 
-    def __init__(self, qmodel: QModel) -> None:
+    def __init__(self, qmodel: QModel, frozen: Collection[str] = (),
+                 input_gain: Sequence[float] | None = None) -> None:
         super().__init__()
         check_qat_formats(qmodel)
         self.graph = qmodel.graph
+        # layers reading a normalization-folded input: their weights' gain per input channel
+        self.input_gain = ({} if input_gain is None else {
+            n.name: tuple(input_gain) for n in self.graph.consumers(self.graph.inputs[0].name)
+            if n.name in qmodel.weights})
         self.specs = {t: qp.spec for t, qp in qmodel.act_qparams.items()}
         self.weight_specs = {n: qw.qparams.spec for n, qw in qmodel.weights.items()}
-        fixed = {n.output for n in self.graph.nodes if _runtime_fixed(n)}
+        fixed = {n.output for n in self.graph.nodes if _runtime_fixed(n)} | set(frozen)
         self.shared: dict[str, str] = {}
         self.layers = nn.ModuleDict()
         self.acts = nn.ModuleDict()
@@ -364,6 +371,31 @@ def lsq_gradient_scale(net: QATNet) -> None:
         for p in net.acts[key].parameters():
             if p.requires_grad:
                 p.register_hook(lambda grad, g=g: grad * g)
+
+
+def folded_input_gradient_scale(net: QATNet) -> None:
+    """Train a folded conv as the unfolded one would train.
+
+    Folding multiplies input channel c's weights by g_c, so their gradient is 1/g_c times the
+    unfolded one and an SGD step moves them 1/g_c^2 times as far in the unfolded units (about
+    3600x for ImageNet pixels; the first QAT steps wreck the stem). Multiplying the gradient by
+    g_c^2 makes each step exactly the unfolded model's; the layer's learned weight scale,
+    shared by every input channel, gets the channels' mean. Call after loading a checkpoint,
+    like :func:`lsq_gradient_scale` (brevitas replaces parameter objects on load)."""
+    for name, gain in net.input_gain.items():
+        layer = net.layers[net.node_key[name]]
+        w = layer.weight
+        g = torch.tensor(gain, dtype=w.dtype)
+        groups = layer.groups if isinstance(layer, QuantConv2d) else 1
+        per_out = w.shape[0] // groups
+        chan = (torch.arange(w.shape[0]) // per_out).view(-1, 1) * w.shape[1] + torch.arange(
+            w.shape[1])  # the input channel each weight reads, as in edgeres.graph.pixels
+        g2 = (g[chan] ** 2).view(*chan.shape, *([1] * (w.dim() - 2))).to(w.device)
+        w.register_hook(lambda grad, g2=g2: grad * g2)
+        mean_g2 = float(g.mean()) ** 2
+        for pname, p in layer.named_parameters():
+            if "scaling_impl" in pname:
+                p.register_hook(lambda grad, m=mean_g2: grad * m)
 
 
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy re-export

@@ -58,7 +58,12 @@ from edgeres.graph.capture import capture
 from edgeres.graph.ir import OPS, Graph
 from edgeres.quant.plan import make_plan
 from edgeres.quant.ptq import quantize_graph
-from edgeres.quant.qat import QATNet, lsq_gradient_scale, qat_to_qmodel
+from edgeres.quant.qat import (
+    QATNet,
+    folded_input_gradient_scale,
+    lsq_gradient_scale,
+    qat_to_qmodel,
+)
 from edgeres.quant.qmodel import QModel
 from edgeres.targets import Target
 
@@ -190,7 +195,8 @@ def _check_data(ds: DataSet, graph: Graph, label: str, role: str, need_labels: b
 
 def _ptq_config(cfg: QATConfig) -> PTQConfig:
     return PTQConfig(weight_bits=cfg.weight_bits, act_bits=cfg.act_bits,
-                     per_channel=cfg.per_channel, smooth_alpha=0.0)  # QAT was measured unsmoothed
+                     per_channel=cfg.per_channel, smooth_alpha=0.0,  # QAT was measured unsmoothed
+                     input_range=cfg.input_range)
 
 
 def check_plan(graph: Graph, target: Target, cfg: QATConfig) -> None:
@@ -430,10 +436,12 @@ def init_net(graph: Graph, target: Target, cfg: QATConfig, train: DataSet,
     else:
         from edgeres.graph.rex_expand import quantize_rex
 
-        ptq = replace(rex.ptq, act_bits=cfg.act_bits, per_channel=cfg.per_channel)
+        ptq = replace(rex.ptq, act_bits=cfg.act_bits, per_channel=cfg.per_channel,
+                      input_range=cfg.input_range)
         start = quantize_rex(graph, replace(rex, weight_bits=cfg.weight_bits, ptq=ptq), target,
                              calib)
-    return QATNet(start), start
+    frozen = [graph.inputs[0].name] if cfg.input_range is not None else []
+    return QATNet(start, frozen, cfg.input_gain), start
 
 
 @dataclass
@@ -474,6 +482,7 @@ class _Run:
             self.state = _State(ckpt["step"], ckpt["float_acc"], ckpt["start_acc"],
                                 ckpt["history"])
         lsq_gradient_scale(self.net)
+        folded_input_gradient_scale(self.net)
         self.model = DistributedDataParallel(self.net) if self.d.world > 1 else self.net
 
     def checkpoint(self) -> None:
