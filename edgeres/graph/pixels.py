@@ -59,6 +59,13 @@ def to_pixels(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return (x.double() * std * PIXEL_MAX + mean * PIXEL_MAX - pad_pixel(pre)).to(x.dtype)
 
 
+def input_channel_of_weight(shape: torch.Size | tuple[int, ...], groups: int) -> torch.Tensor:
+    """[out, in/groups]: the input channel each weight of a (grouped) conv reads."""
+    out_chans, per_group = shape[0], shape[1]
+    group = torch.arange(out_chans) // (out_chans // groups)
+    return group.view(-1, 1) * per_group + torch.arange(per_group)
+
+
 def fold_input_normalization(graph: Graph, pre: Preprocess) -> Graph:
     """A copy of ``graph`` whose input is ``pixel - P`` instead of ``pre``'s normalization.
 
@@ -86,10 +93,7 @@ def fold_input_normalization(graph: Graph, pre: Preprocess) -> Graph:
     offset = (pad_pixel(pre) / PIXEL_MAX - mean) / std  # normalized value of pixel P
     for node in readers:
         w, b = node.params["weight"], node.params["bias"]
-        cin = w.shape[1]  # input channels per group
-        per_out = w.shape[0] // node.attrs["groups"]
-        # the input channel each weight reads: group g of out channel o, then its slot i
-        chan = (torch.arange(w.shape[0]) // per_out).view(-1, 1) * cin + torch.arange(cin)
+        chan = input_channel_of_weight(w.shape, node.attrs["groups"])
         g = gain[chan].view(*chan.shape, 1, 1)
         shift = (w.double() * offset[chan].view(*chan.shape, 1, 1)).sum((1, 2, 3))
         node.params = {**node.params, "weight": (w.double() * g).to(w.dtype),
@@ -97,5 +101,5 @@ def fold_input_normalization(graph: Graph, pre: Preprocess) -> Graph:
     return out
 
 
-__all__ = ["fold_input_normalization", "input_gain", "pad_pixel", "pixel_preprocess", "pixel_range",
-           "to_pixels"]
+__all__ = ["fold_input_normalization", "input_channel_of_weight", "input_gain", "pad_pixel",
+           "pixel_preprocess", "pixel_range", "to_pixels"]

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from edgeres.errors import UserError
 from edgeres.graph.ir import OPS, Graph, Node, apply_activation
+from edgeres.graph.pixels import input_channel_of_weight
 from edgeres.qtypes import QParams, QSpec, bias_qparams
 from edgeres.quant.plan import SHARE_INPUT_QPARAMS
 from edgeres.quant.qmodel import QModel, QuantWeight
@@ -386,10 +387,8 @@ def folded_input_gradient_scale(net: QATNet) -> None:
         layer = net.layers[net.node_key[name]]
         w = layer.weight
         g = torch.tensor(gain, dtype=w.dtype)
-        groups = layer.groups if isinstance(layer, QuantConv2d) else 1
-        per_out = w.shape[0] // groups
-        chan = (torch.arange(w.shape[0]) // per_out).view(-1, 1) * w.shape[1] + torch.arange(
-            w.shape[1])  # the input channel each weight reads, as in edgeres.graph.pixels
+        chan = input_channel_of_weight(w.shape, layer.groups if isinstance(layer, QuantConv2d)
+                                       else 1)
         g2 = (g[chan] ** 2).view(*chan.shape, *([1] * (w.dim() - 2))).to(w.device)
         w.register_hook(lambda grad, g2=g2: grad * g2)
         mean_g2 = float(g.mean()) ** 2
