@@ -171,7 +171,7 @@ def test_folded_conv_trains_as_the_unfolded_one() -> None:
     """QAT on a folded conv: with the gradients scaled by gain^2, each SGD step moves the
     weights what the unfolded model's step would (folded grad = gain x unfolded grad); without
     it the folded stem would move ~3600x too far on ImageNet."""
-    from edgeres.quant.qat import QATNet, folded_input_gradient_scale, lsq_gradient_scale
+    from edgeres.quant.qat import QATNet, scale_gradients
 
     pre = Preprocess(IMAGENET.mean, IMAGENET.std)
     x = pre(_images(16))
@@ -184,9 +184,7 @@ def test_folded_conv_trains_as_the_unfolded_one() -> None:
                                 to_pixels(x, pre)), [folded.inputs[0].name], gain)
     weights = []
     for net, inputs in ((plain, x), (pix, to_pixels(x, pre))):
-        lsq_gradient_scale(net)
-        if net is pix:
-            folded_input_gradient_scale(net)
+        scale_gradients(net)  # LSQ's for both; the folded input's for pix alone
         out = net(inputs)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         weights.append(net.layers[net.node_key[graph.nodes[0].name]].weight.grad)

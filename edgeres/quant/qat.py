@@ -397,6 +397,13 @@ def folded_input_gradient_scale(net: QATNet) -> None:
                 p.register_hook(lambda grad, m=mean_g2: grad * m)
 
 
+def scale_gradients(net: QATNet) -> None:
+    """All gradient hooks a run needs: LSQ's, then a folded input's. After loading a
+    checkpoint (brevitas replaces parameter objects on load, and their hooks with them)."""
+    lsq_gradient_scale(net)
+    folded_input_gradient_scale(net)
+
+
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy re-export
     """``from edgeres.quant.qat import run_qat, QATResult`` (they live in qat_train, which
     imports this module)."""

@@ -58,12 +58,7 @@ from edgeres.graph.capture import capture
 from edgeres.graph.ir import OPS, Graph
 from edgeres.quant.plan import make_plan
 from edgeres.quant.ptq import quantize_graph
-from edgeres.quant.qat import (
-    QATNet,
-    folded_input_gradient_scale,
-    lsq_gradient_scale,
-    qat_to_qmodel,
-)
+from edgeres.quant.qat import QATNet, qat_to_qmodel, scale_gradients
 from edgeres.quant.qmodel import QModel
 from edgeres.targets import Target
 
@@ -481,8 +476,7 @@ class _Run:
             self.sched.load_state_dict(ckpt["scheduler"])
             self.state = _State(ckpt["step"], ckpt["float_acc"], ckpt["start_acc"],
                                 ckpt["history"])
-        lsq_gradient_scale(self.net)
-        folded_input_gradient_scale(self.net)
+        scale_gradients(self.net)
         self.model = DistributedDataParallel(self.net) if self.d.world > 1 else self.net
 
     def checkpoint(self) -> None:
