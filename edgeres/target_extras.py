@@ -18,14 +18,14 @@ def mcu_extras(
 ) -> dict:
     """TFLM arena (measured on the host interpreter) and the C arrays for firmware."""
     from edgeres import __version__
-    from edgeres.export.c import export_c
+    from edgeres.export.c import export_c, io_defines
     from edgeres.runtime.tflm import run_tflm
 
     feed = [encode_input(golden_x[:1], bundle.manifest["inputs"][0])]
     res = run_tflm(bundle.model_file, feed)
-    export_c(
-        bundle.model_file.read_bytes(), stage, res.arena_bytes, rm.name, target.name, __version__
-    )
+    m = bundle.manifest
+    export_c(bundle.model_file.read_bytes(), stage, res.arena_bytes, rm.name, target.name,
+             __version__, defines=io_defines(m["inputs"], m["outputs"]))
     fits = (
         None if target.memory.arena_bytes is None else res.arena_bytes <= target.memory.arena_bytes
     )

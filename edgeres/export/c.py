@@ -1,13 +1,15 @@
 """Model data as C arrays for microcontroller builds (TFLite Micro reads the flatbuffer from flash).
 
 Writes ``model_data.h`` / ``model_data.c`` with the .tflite bytes in a 16-byte aligned const
-array (TFLM requires the model buffer to be aligned), its length, and the arena size the
-host TFLM run measured, so firmware can size its tensor arena without guessing.
+array (TFLM requires the model buffer to be aligned), its length, the arena size the host
+TFLM run measured, so firmware can size its tensor arena without guessing, and the I/O
+quantization (and a pixels-in model's pixel offset) from the manifest.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgeres.errors import UserError
@@ -29,7 +31,7 @@ extern const uint8_t {sym}[];
 extern const size_t {sym}_len;
 /* Tensor arena bytes measured by the TFLite Micro host interpreter (add ~1 KB margin). */
 #define {upper}_ARENA_BYTES {arena}u
-
+{io}
 #ifdef __cplusplus
 }}
 #endif
@@ -57,6 +59,31 @@ def c_source(data: bytes, sym: str) -> str:
     return "\n".join(lines)
 
 
+def c_float(value: float) -> str:
+    """A float32 literal C reads back to the same float32 (9 significant digits)."""
+    text = f"{value:.9g}"
+    return (text if any(c in text for c in ".e") else text + ".0") + "f"
+
+
+def io_defines(inputs: list[dict], outputs: list[dict]) -> list[tuple[str, str, str]]:
+    """(name, value, comment) of the first input's and output's quantization, as the manifest
+    gives them: firmware quantizes its input and reads its output without parsing JSON."""
+    out: list[tuple[str, str, str]] = []
+    for role, entries in (("INPUT", inputs), ("OUTPUT", outputs)):
+        e = entries[0] if entries else {}
+        if e.get("scale") is None:
+            continue
+        out.append((f"{role}_SCALE", c_float(float(e["scale"])),
+                    f"{role.lower()} tensor '{e['name']}': real = scale * (q - zero_point)"))
+        out.append((f"{role}_ZERO_POINT", f"({int(e['zero_point'])})", ""))
+    offset = inputs[0].get("pixel_offset") if inputs else None
+    if offset is not None:
+        out.append(("INPUT_PIXEL_OFFSET", f"{int(offset)}u",
+                    "the model takes pixel - offset at scale 1, no normalization: an int8 input "
+                    "is (int8_t)(pixel ^ 0x80)"))
+    return out
+
+
 def export_c(
     tflite: bytes,
     out_dir: Path,
@@ -65,8 +92,11 @@ def export_c(
     target: str,
     version: str,
     sym: str = "model_data",
+    defines: Sequence[tuple[str, str, str]] = (),  # (name, value, comment)
 ) -> list[Path]:
-    """Write ``<sym>.h`` and ``<sym>.c`` into ``out_dir``; returns the two paths."""
+    """Write ``<sym>.h`` and ``<sym>.c`` into ``out_dir``; returns the two paths.
+
+    ``defines`` become ``#define <SYM>_<name> <value>`` lines (see :func:`io_defines`)."""
     if not tflite[4:8] == b"TFL3":
         raise UserError("export_c needs a .tflite flatbuffer (file identifier TFL3)")
     sym = _symbol(sym)
@@ -79,6 +109,8 @@ def export_c(
         sym=sym,
         upper=sym.upper(),
         arena=max(arena_bytes, 0),
+        io="".join((f"/* {comment}. */\n" if comment else "")
+                   + f"#define {sym.upper()}_{name} {value}\n" for name, value, comment in defines),
     )
     paths = [out_dir / f"{sym}.h", out_dir / f"{sym}.c"]
     for path, text in zip(paths, (header, c_source(tflite, sym)), strict=True):
