@@ -175,15 +175,16 @@ def _quantize(
     rm: ResolvedModel, opts: ConvertOptions, target: Target, calib: DataSet, graph, progress: bool,
     folded: Preprocess | None = None,
 ) -> QModel:  # noqa: ANN001 - Graph
-    """``folded``: for a pixels-in graph, the normalization folded into it (QAT loads its
-    data in that space, as everything else was, and moves it to pixels)."""
+    """``folded``: for a pixels-in graph, the normalization folded into it: the input's range
+    follows from it, and QAT loads its data in that space, as convert did, then moves it to
+    pixels."""
     wbits, abits = parse_bits(opts.bits)
     ptq = PTQConfig(weight_bits=wbits, act_bits=abits, ignore=tuple(opts.ignore),
                     adaround_iters=opts.adaround_iters, smooth_alpha=opts.smooth_alpha,
                     reconstruct_iters=opts.reconstruct_iters,
                     output_bias_correction=opts.output_bias_correction,
                     act_observer=opts.act_observer, percentile=opts.percentile,
-                    input_range=pixel_range(rm.preprocess) if opts.input == "pixels" else None)
+                    input_range=pixel_range(folded) if folded is not None else None)
     if opts.scheme == "ptq":
         return quantize_graph(graph, ptq, target, calib.x, progress)
     rex = RExConfig(
