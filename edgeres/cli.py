@@ -26,6 +26,14 @@ out = Console()
 InputOption = Annotated[str, typer.Option(
     "--input", help="normalized: the model takes (pixel/255-mean)/std; pixels: it takes "
     "pixel - P at scale 1, camera bytes as they are (README: --input pixels)")]
+# The options convert, qat and explain share, declared once so their help stays the same.
+ModelArg = Annotated[str, typer.Argument(help="zoo name, checkpoint or module:factory")]
+TargetOption = Annotated[str, typer.Option("--target", "-t", help="a name from `edgeres targets`")]
+WeightsOption = Annotated[str | None, typer.Option(help="weights name or path")]
+CalibOption = Annotated[str | None, typer.Option(help="calibration data spec")]
+OutOption = Annotated[Path | None, typer.Option("--out", help="bundle folder")]
+BenchOption = Annotated[bool, typer.Option(help="measure latency/memory")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
 
 def _print_version(show: bool) -> None:
@@ -104,8 +112,8 @@ def targets(
 
 @app.command()
 def explain(
-    model: Annotated[str, typer.Argument(help="zoo name, checkpoint or module:factory")],
-    target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
+    model: ModelArg,
+    target: TargetOption = "arm-cpu-tflite",
     bits: Annotated[str, typer.Option(help="w8a8, w4a8, ...")] = "w8a8",
     ignore: Annotated[list[str] | None, typer.Option(help="layers kept in float")] = None,
 ) -> None:
@@ -145,16 +153,14 @@ def explain(
 
 @app.command()
 def convert(
-    model: Annotated[
-        str, typer.Argument(help="zoo name, checkpoint or module:factory")
-    ] = "mobilenet_v2_fmnist",
-    target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
+    model: ModelArg = "mobilenet_v2_fmnist",
+    target: TargetOption = "arm-cpu-tflite",
     scheme: Annotated[str, typer.Option(help="ptq | rex | qat | rex+qat")] = "ptq",
-    weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,
-    calib: Annotated[str | None, typer.Option(help="calibration data spec")] = None,
+    weights: WeightsOption = None,
+    calib: CalibOption = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="evaluation data spec")] = None,
     bits: Annotated[str, typer.Option(help="w8a8, w4a8, w8a16, ...")] = "w8a8",
-    out_dir: Annotated[Path | None, typer.Option("--out", help="bundle folder")] = None,
+    out_dir: OutOption = None,
     ignore: Annotated[list[str] | None, typer.Option(help="layers kept in float")] = None,
     adaround: Annotated[
         int, typer.Option(help="learn weight rounding: AdaRound steps per layer (0: off)")
@@ -185,8 +191,8 @@ def convert(
     ] = None,
     min_agreement: Annotated[float | None, typer.Option(help="fail (exit 1) below this %")] = None,
     max_drop: Annotated[float | None, typer.Option(help="fail (exit 1) above this drop")] = None,
-    bench: Annotated[bool, typer.Option(help="measure latency/memory")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    bench: BenchOption = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Quantize MODEL for TARGET, export it, check it against float, write the app bundle."""
     from edgeres.convert import ConvertOptions
@@ -241,10 +247,8 @@ def _run_convert(opts, as_json: bool) -> None:  # noqa: ANN001 - ConvertOptions
 
 @app.command()
 def qat(
-    model: Annotated[
-        str, typer.Argument(help="zoo name, checkpoint or module:factory")
-    ] = "mobilenet_v2_fmnist",
-    target: Annotated[str, typer.Option("--target", "-t")] = "arm-cpu-tflite",
+    model: ModelArg = "mobilenet_v2_fmnist",
+    target: TargetOption = "arm-cpu-tflite",
     bits: Annotated[str, typer.Option(help="w8a8, w4a8, ...")] = "w8a8",
     epochs: Annotated[int, typer.Option(help="epochs of the cosine schedule")] = 3,
     steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
@@ -252,16 +256,16 @@ def qat(
         str | None, typer.Option(help="training data spec (unlabelled: distillation only)")
     ] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="labelled val. data")] = None,
-    calib: Annotated[str | None, typer.Option(help="calibration data spec")] = None,
-    weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,
+    calib: CalibOption = None,
+    weights: WeightsOption = None,
     rex: Annotated[bool, typer.Option(help="fine-tune a REx-expanded model")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="bundle folder")] = None,
+    out_dir: OutOption = None,
     checkpoints: Annotated[
         Path | None, typer.Option(help="checkpoint folder (default: <out>.qat)")
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="continue from this checkpoint")] = None,
-    bench: Annotated[bool, typer.Option(help="measure latency/memory")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    bench: BenchOption = True,
+    as_json: JsonOption = False,
     input_mode: InputOption = "normalized",
 ) -> None:
     """Quantization-aware training for TARGET, then the same checked bundle as convert.
@@ -355,7 +359,7 @@ def check(
     ] = None,
     data: Annotated[str | None, typer.Option(help="data spec (default: the bundle's)")] = None,
     layers: Annotated[bool, typer.Option(help="per-layer float-vs-int debugger")] = True,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-check a bundle: hashes, golden vectors, agreement with float.onnx, per-layer SQNR."""
     from edgeres.check_cli import run_check
@@ -374,7 +378,7 @@ def bench(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     threads: Annotated[str, typer.Option(help="comma-separated thread counts")] = "1,2",
     runs: Annotated[int, typer.Option(help="timed runs per setting")] = 50,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Measure latency, memory and size of a bundle's model on its target's runtime."""
     from edgeres.bundle import load_bundle
