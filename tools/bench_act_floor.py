@@ -28,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from benchlib import (  # noqa: E402
     imagenet_sets,
     imagenet_ten_crop,
-    machine,
     print_table,
     sqnr_centred,
-    write_json,
+    write_record,
 )
 
 from edgeres.config import PTQConfig  # noqa: E402
@@ -136,8 +135,7 @@ def main() -> None:
         ties[name] = int(((top2[:, 0] - top2[:, 1]) < 0.5).sum())
     print_table(f"MobileNetV2-1.0 activation what-ifs (smooth {args.smooth}; near ties: "
                 + ", ".join(f"{k} {v}" for k, v in ties.items()) + ")", rows, list(rows[0]))
-    write_json(args.out, {"command": "python tools/bench_act_floor.py " + " ".join(sys.argv[1:]),
-                          "machine": machine(), "near_ties": ties, "rows": rows})
+    write_record(args.out, "bench_act_floor.py", None, near_ties=ties, rows=rows)
 
 
 if __name__ == "__main__":

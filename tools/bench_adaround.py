@@ -25,11 +25,10 @@ from benchlib import (  # noqa: E402
     fmnist_calib,
     fmnist_test,
     imagenet_sets,
-    machine,
     print_table,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.config import PTQConfig  # noqa: E402
@@ -81,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     print_table(f"{args.model}: AdaRound vs nearest ({len(x)} inputs)", rows,
                 ["method", "top1", "agreement", "sqnr_db", "quantize_s"])
-    write_json(args.out, {"command": "python tools/bench_adaround.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": machine(), "model": args.model,
-        "inputs": len(x), "rows": rows})
+    write_record(args.out, "bench_adaround.py", argv, model=args.model, inputs=len(x), rows=rows)
     return 0
 
 

@@ -35,12 +35,11 @@ from benchlib import (  # noqa: E402
     batched_logits,
     imagenet_sets,
     imagenet_ten_crop,
-    machine,
     parse_config,
     print_table,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.config import PTQConfig  # noqa: E402
@@ -133,11 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
     print_table(f"MobileNetV2-1.0 int8 by calibration source ({len(x)} inputs)", rows,
                 ["source", "config", "top1", "agreement", "sqnr_db", "seconds"])
-    write_json(args.out, {"command": "python tools/bench_calib.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": machine(), "inputs": len(x),
-        "protocol": args.protocol,
-        "float_margin_under_0.5": near_ties,
-        "rows": rows})
+    write_record(args.out, "bench_calib.py", argv, inputs=len(x), protocol=args.protocol,
+                 rows=rows, **{"float_margin_under_0.5": near_ties})
     return 0
 
 

@@ -37,13 +37,12 @@ from benchlib import (  # noqa: E402
     batched_logits,
     imagenet_sets,
     imagenet_ten_crop,
-    machine,
     parse_config,
     print_table,
     save_figure,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.check import (  # noqa: E402
@@ -172,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table("Summary over draws", summary, list(summary[0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out.with_suffix(".png"))
-    write_json(args.out, {"command": "python tools/bench_calib_draws.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": machine(), "rows": rows,
-        "summary": summary})
+    write_record(args.out, "bench_calib_draws.py", argv, rows=rows, summary=summary)
     return 0
 
 

@@ -45,7 +45,7 @@ from benchlib import (  # noqa: E402
     print_table,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.config import PTQConfig  # noqa: E402
@@ -418,10 +418,9 @@ def main() -> None:
             ratio = part_ratio(args, ctx)
     info["load_avg_end"] = os.getloadavg()
     print_results(peers, ratio)
-    write_json(args.out, {"model": MODEL, "calibration": "photos@128 seed 0", "machine": info,
-                          "settings": vars(args) | {"out": str(args.out)},
-                          "peers": peers, "ratio": ratio,
-                          "command": "python tools/bench_export.py " + " ".join(sys.argv[1:])})
+    write_record(args.out, "bench_export.py", None, model=MODEL, calibration="photos@128 seed 0",
+                 machine=info, settings=vars(args) | {"out": str(args.out)}, peers=peers,
+                 ratio=ratio)
     plot(args.out.with_suffix(".png"), peers, ratio)
 
 

@@ -26,7 +26,7 @@ import torch
 from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import imagenet_sets, machine, print_table, sqnr, write_json  # noqa: E402
+from benchlib import imagenet_sets, print_table, sqnr, write_record  # noqa: E402
 
 from edgeres.config import PTQConfig  # noqa: E402
 from edgeres.graph.capture import capture  # noqa: E402
@@ -82,10 +82,9 @@ def main() -> None:
         print_table("Flips: the float winner's lead over the quantized winner, and what moves "
                     "it (view: index in the 260; 0-19 are the labelled images)", flips,
                     ["view", "float_lead", "all", "weights_only", "largest single tensors"])
-    write_json(args.out, {"command": " ".join(sys.argv), "machine": machine(),
-                          "smooth_alpha": qm.meta["config"]["smooth_alpha"],
-                          "all_db": total, "weights_only_db": weights_only, "rows": rows,
-                          "flips": flips})
+    write_record(args.out, "bench_noise_budget.py", None,
+                 smooth_alpha=qm.meta["config"]["smooth_alpha"], all_db=total,
+                 weights_only_db=weights_only, rows=rows, flips=flips)
 
 
 def explain_flips(ref: torch.Tensor, full: torch.Tensor, weights_only: torch.Tensor,

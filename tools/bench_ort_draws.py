@@ -41,12 +41,11 @@ from benchlib import (  # noqa: E402
     batched_logits,
     fmnist_calib,
     fmnist_test,
-    machine,
     print_table,
     save_figure,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.config import PTQConfig  # noqa: E402
@@ -175,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table("edgeres minus ORT, paired by draw (95 % t interval)", paired, list(paired[0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(scored, args.out.with_suffix(".png"))
-    write_json(args.out, {
-        "command": "python tools/bench_ort_draws.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
-        "machine": machine(), "rows": rows, "summary": summary, "paired": paired})
+    write_record(args.out, "bench_ort_draws.py", argv, rows=rows, summary=summary, paired=paired)
     return 0
 
 

@@ -38,13 +38,12 @@ from benchlib import (  # noqa: E402
     fmnist_calib,
     fmnist_test,
     imagenet_ten_crop,
-    machine,
     parse_config,
     print_table,
     save_figure,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.check import expected_agreement  # noqa: E402
@@ -193,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table("Pixels in minus normalized in (mean +- sd over draws)", summary, list(summary[0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out.with_suffix(".png"))
-    write_json(args.out, {"command": "python tools/bench_pixels_in.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": machine(), "rows": rows,
-        "summary": summary})
+    write_record(args.out, "bench_pixels_in.py", argv, rows=rows, summary=summary)
     return 0
 
 

@@ -38,14 +38,13 @@ from benchlib import (  # noqa: E402
     fmnist_test,
     imagenet_sets,
     imagenet_ten_crop,
-    machine,
     paired_top1_test,
     parse_config,
     print_table,
     sqnr,
     sqnr_centred,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.check import expected_agreement  # noqa: E402
@@ -384,15 +383,8 @@ def main() -> None:
         ),
     )
     print_table(f"PTQ benchmark: {args.part}", rows, cols)
-    write_json(
-        args.out or Path(f"runs/bench_ptq_{args.part}.json"),
-        {
-            "part": args.part,
-            "machine": machine(),
-            "rows": rows,
-            "command": "python tools/bench_ptq.py " + " ".join(sys.argv[1:]),
-        },
-    )
+    write_record(args.out or Path(f"runs/bench_ptq_{args.part}.json"), "bench_ptq.py", None,
+                 part=args.part, rows=rows)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import batched_logits, console, machine, print_table, top1, write_json  # noqa: E402
+from benchlib import batched_logits, console, print_table, top1, write_record  # noqa: E402
 
 from edgeres.config import QATConfig, RExConfig  # noqa: E402
 from edgeres.data.specs import DataSet, load_spec  # noqa: E402
@@ -173,10 +173,8 @@ def main() -> None:
     bad = [r["scheme"] for r in rows if r.get("file_vs_qat", 0.0) > 0.05]
     if bad:
         console.print(f"[red]exported files differ from the brevitas model by > 0.05: {bad}")
-    write_json(args.out, {"model": args.model, "weights": _weights_record(args),
-                          "data": {"train": train.name, "test": test.name},
-                          "machine": machine(), "rows": rows,
-                          "command": "python tools/bench_qat.py " + " ".join(sys.argv[1:])})
+    write_record(args.out, "bench_qat.py", None, model=args.model, weights=_weights_record(args),
+                 data={"train": train.name, "test": test.name}, rows=rows)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,10 @@ from benchlib import (  # noqa: E402
     agreement,
     batched_logits,
     imagenet_sets,
-    machine,
     print_table,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.config import QATConfig  # noqa: E402
@@ -104,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(row("QAT, .tflite in LiteRT", tflite_logits(res.qmodel, x)))
     print_table(f"MobileNetV2-1.0 int8 QAT on {train.name} ({len(x)} ImageNet inputs)", rows,
                 ["method", "top1", "agreement", "sqnr_db", "train_s"])
-    write_json(args.out, {"command": "python tools/bench_qat_photos.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": machine(), "config": cfg.to_json(),
-        "inputs": len(x), "rows": rows})
+    write_record(args.out, "bench_qat_photos.py", argv, config=cfg.to_json(), inputs=len(x),
+                 rows=rows)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -48,6 +47,9 @@ from edgeres.quant.ptq import quantize_graph
 from edgeres.quant.qmodel import QModel
 from edgeres.targets import Target, load_target
 from edgeres.zoo import create_model, get_entry
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import write_record  # noqa: E402
 
 FMNIST_MODELS = ("mobilenet_v2_fmnist", "emo_1m_fmnist")
 LOWBIT_MODELS = (*FMNIST_MODELS, "mobilenet_v2_100")
@@ -438,14 +440,6 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--part", action="append", choices=("rescue", "lowbit", "timing", "layout"))
@@ -490,12 +484,9 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[red]error:[/] {exc}")
             return 2
     console.print(render(rows))
-    payload = {"command": "python tools/bench_rex.py " + " ".join(sys.argv[1:] if argv is None
-                                                                   else argv),
-               "parts": parts, "limit": args.limit, "calibration_images": args.calib,
-               "threads": args.threads, "wall_s": round(time.time() - started, 1),
-               "torch": torch.__version__, "rows": rows}
-    write_json(args.out, payload)
+    write_record(args.out, "bench_rex.py", argv, parts=parts, limit=args.limit,
+                 calibration_images=args.calib, threads=args.threads,
+                 wall_s=round(time.time() - started, 1), rows=rows)
     plot(rows, args.out.with_suffix(".png"))
     console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import console, machine, print_table, write_json  # noqa: E402
+from benchlib import console, print_table, write_record  # noqa: E402
 
 from edgeres.convert import ConvertOptions, convert  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
@@ -113,14 +113,7 @@ def main() -> None:
         "error",
     ]
     print_table("edgeres bundles per target", rows, cols)
-    write_json(
-        args.out,
-        {
-            "machine": machine(),
-            "rows": rows,
-            "command": "python tools/bench_targets.py " + " ".join(sys.argv[1:]),
-        },
-    )
+    write_record(args.out, "bench_targets.py", None, rows=rows)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from benchlib import (  # noqa: E402
     print_table,
     sqnr,
     top1,
-    write_json,
+    write_record,
 )
 
 from edgeres.config import PTQConfig  # noqa: E402
@@ -142,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"ONNX Runtime on this host: {host}", rows,
                 ["model", "file", "top1", "agree", "sqnr_db", "ms 1 thread", "ms 2 threads",
                  "x int8 file (1 / 2 threads)"])
-    write_json(args.out, {"command": "python tools/bench_x86_onnx.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": {**machine(), "host": host},
-        "rows": rows})
+    write_record(args.out, "bench_x86_onnx.py", argv, machine={**machine(), "host": host},
+                 rows=rows)
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +146,16 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
     console.print(f"wrote {path}")
+
+
+def write_record(path: Path, tool: str, argv: list[str] | None, **fields: object) -> None:
+    """Write a benchmark's JSON with the command that reproduces it and the machine it ran on.
+
+    `tool` is the script's file name; `argv` its arguments (None: this process's own).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    write_json(path, {"command": " ".join(["python", f"tools/{tool}", *args]),
+                      "machine": machine(), **fields})
 
 
 def save_figure(fig, path: Path) -> None:  # noqa: ANN001
