@@ -162,7 +162,8 @@ def _camera_bytes_follow_the_original_model(bundle: Path) -> None:
     logits = run_tflite(bundle / "model.tflite", [codes], kernels="xnnpack")[0]
     model = create_model("mobilenet_v2_fmnist", pretrained=True)
     with torch.no_grad():
-        ref = model(FMNIST.normalize(torch.from_numpy(images.copy()).float()[:, None] / 255)).numpy()
+        pixels = torch.from_numpy(images.copy()).float()[:, None]
+        ref = model(FMNIST.normalize(pixels / 255)).numpy()
     assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.97
 
 
