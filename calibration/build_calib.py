@@ -1,4 +1,4 @@
-"""Build a calibration set (.npz) for a zoo model from any data spec.
+"""Build a calibration set (.npz) for a model from any data spec.
 
     python calibration/build_calib.py mobilenet_v2_100 photos@256 -o out/calib/mnv2-photos.npz
     python calibration/build_calib.py mobilenet_v2_fmnist fmnist:train@512 -o out/calib/fm.npz
@@ -8,6 +8,7 @@
 The file holds ``x`` (float32 NCHW, already preprocessed with the model's recipe), ``y`` when
 the data has labels, and ``meta`` (JSON: model, spec, seed, preprocessing, shape). It is written
 atomically and is byte-identical for the same inputs. Feed it back with ``npz:PATH``.
+MODEL is a zoo name, a ``.pth`` checkpoint or ``module:factory``, as for ``edgeres convert``.
 """
 
 from __future__ import annotations
@@ -26,41 +27,61 @@ from rich.table import Table
 from edgeres.data.folders import save_npz
 from edgeres.data.specs import DataSpec, load_spec
 from edgeres.errors import UserError
-from edgeres.zoo import create_model, get_entry
+from edgeres.paths import check_output_file
+from edgeres.resolve import resolve_model
+from edgeres.zoo import get_entry, list_models
 
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
 console = Console(stderr=True)
+MAX_SEED = 2**64 - 1  # the largest seed torch.Generator accepts (synthetic data)
+
+
+def check_options(out: Path, n: int | None, seed: int) -> None:
+    """The cheap checks, run before any model or data is loaded."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed}")
+    if n is not None and n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    check_output_file(out, "-o", "calib.npz")
 
 
 def build(
     model_name: str, spec: str, out: Path, n: int | None = None, seed: int = 0,
     weights: str | None = None, progress: bool = True,
 ) -> Path:
-    """Load ``spec`` for ``model_name`` and write it to ``out``; returns the path."""
-    entry = get_entry(model_name)
+    """Load ``spec`` for ``model_name`` (zoo name, checkpoint or ``module:factory``, resolved
+    as ``edgeres convert`` does) and write it to ``out``; returns the path."""
+    out = Path(out)
+    check_options(out, n, seed)
     parsed = DataSpec.parse(spec)
-    model = None
+    synthetic = parsed.kind == "synthetic"
+    if synthetic and weights is None and model_name in list_models() \
+            and not get_entry(model_name).default_weights:
+        raise UserError(f"'synthetic' calibration of {model_name} needs trained weights "
+                        "(its BatchNorm statistics); pass --weights PATH")
+    # rich prints an empty line when a progress display stops on a non-terminal: keep stderr
+    # to the one-line error (or the summary) when it is redirected
+    progress = progress and console.is_terminal
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, disable=not progress, transient=True) as bar:
-        if parsed.kind == "synthetic":
-            task = bar.add_task(f"loading {model_name} weights", total=None)
-            pretrained = weights if weights is not None else (entry.default_weights or False)
-            if not pretrained:
-                raise UserError(f"'synthetic' calibration of {model_name} needs trained weights "
-                                "(its BatchNorm statistics); pass --weights PATH")
-            model = create_model(model_name, pretrained=pretrained)
-            bar.remove_task(task)
-        task = bar.add_task(f"loading {parsed}", total=None)
-        data = load_spec(parsed, entry.preprocess, entry.in_chans, entry.img_size, n,
-                         model=model, seed=seed, progress=progress)
+        task = bar.add_task(f"loading {model_name}", total=None)
+        # only 'synthetic' runs the model: other specs need just its input recipe
+        rm = resolve_model(model_name, weights, load=synthetic)
+        bar.update(task, description=f"loading {parsed}")
+        data = load_spec(parsed, rm.preprocess, rm.in_chans, rm.img_size, n,
+                         model=rm.module if synthetic else None, seed=seed, progress=progress)
         bar.update(task, description=f"writing {out}")
         meta = {
             "model": model_name, "spec": data.name, "seed": seed,
-            "weights": None if model is None else str(weights or entry.default_weights),
-            "preprocess": entry.preprocess.to_json(), "shape": list(data.x.shape),
-            "labels": entry.labels if data.y is not None else None,
+            "weights": rm.weights if synthetic else None,
+            "preprocess": rm.preprocess.to_json(), "shape": list(data.x.shape),
+            "labels": rm.label_set if data.y is not None else None,
         }
-        path = save_npz(out, data.x, data.y, meta)
+        try:
+            path = save_npz(out, data.x, data.y, meta)
+        except OSError as exc:
+            raise UserError(f"-o {out}: cannot write the file "
+                            f"({exc.strerror or type(exc).__name__}); pick another path") from exc
     _summary(path, data.x, data.y)
     return path
 
@@ -81,7 +102,8 @@ def _summary(path: Path, x: torch.Tensor, y: torch.Tensor | None) -> None:
 
 @app.command()
 def main(
-    model: Annotated[str, typer.Argument(help="zoo model name (run `edgeres zoo`)")],
+    model: Annotated[str, typer.Argument(
+        help="zoo name (run `edgeres zoo`), .pth checkpoint or module:factory")],
     spec: Annotated[str, typer.Argument(help="data spec, e.g. photos@256, fmnist:train@512, "
                                              "folder:PATH, npz:PATH, synthetic@32")],
     out: Annotated[Path, typer.Option("--out", "-o", help="the .npz to write")],

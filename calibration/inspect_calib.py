@@ -33,7 +33,9 @@ from torch import nn  # noqa: E402
 from edgeres.data.folders import load_npz  # noqa: E402
 from edgeres.data.preprocess import Preprocess  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
-from edgeres.zoo import create_model, get_entry  # noqa: E402
+from edgeres.paths import check_output_file  # noqa: E402
+from edgeres.resolve import resolve_model  # noqa: E402
+from edgeres.zoo import get_entry, list_models  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
 console = Console()
@@ -94,7 +96,9 @@ def collect(model: nn.Module, x: torch.Tensor, batch: int) -> dict[str, LayerSta
     handles = [mod.register_forward_hook(lambda _m, _i, out, s=stats[name]: s.add(out, gen))
                for name, mod in quantized_points(model)]
     try:
-        with torch.no_grad(), Progress(console=console, transient=True) as bar:
+        # rich prints an empty line when a progress display stops on a non-terminal
+        with torch.no_grad(), Progress(console=console, transient=True,
+                                       disable=not console.is_terminal) as bar:
             task = bar.add_task("float model", total=len(x))
             for i in range(0, len(x), batch):
                 model(x[i : i + batch])
@@ -125,7 +129,8 @@ def input_table(x: torch.Tensor, pre: Preprocess) -> Table:
 
 def layer_table(stats: dict[str, LayerStats], top: int) -> Table:
     ranked = sorted(stats.items(), key=lambda kv: -kv[1].outlier_ratio())[:top]
-    table = Table(title=f"{top} of {len(stats)} activations with the largest outlier ratio")
+    table = Table(title=f"{len(ranked)} of {len(stats)} activations with the largest "
+                  "outlier ratio")
     for col in ("layer", "min", "max", "p99.9 |x|", "max|x| / p99.9"):
         table.add_column(col, justify="right" if col != "layer" else "left")
     for name, s in ranked:
@@ -178,25 +183,38 @@ def plot(stats: dict[str, LayerStats], title: str, png: Path) -> Path:
 
 def inspect(model_name: str, npz: Path, png: Path | None = None, weights: str | None = None,
             batch: int = 32, top: int = 12) -> tuple[dict[str, LayerStats], Path]:
-    entry = get_entry(model_name)
-    x, _ = load_npz(npz, entry.preprocess, entry.in_chans, entry.img_size)
-    console.print(input_table(x, entry.preprocess))
-    pretrained = weights if weights is not None else (entry.default_weights or False)
-    if not pretrained:
+    """Statistics of ``npz`` as ``model_name`` (zoo name, checkpoint or ``module:factory``,
+    resolved as ``edgeres convert`` does) sees it; options are checked before any work."""
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    npz = Path(npz)
+    png = Path(png) if png is not None else npz.with_suffix(".layers.png")
+    check_output_file(png, "--png", "layers.png")
+    random_init = (weights is None and model_name in list_models()
+                   and not get_entry(model_name).default_weights)
+    rm = resolve_model(model_name, weights)
+    x, _ = load_npz(npz, rm.preprocess, rm.in_chans, rm.img_size)
+    console.print(input_table(x, rm.preprocess))
+    if random_init:
         console.print(f"[yellow]warning:[/yellow] {model_name} has no shipped weights: "
                       "ranges are those of a randomly initialised model (pass --weights)")
-    model = create_model(model_name, pretrained=pretrained)
-    stats = collect(model, x, batch)
+    stats = collect(rm.module, x, batch)
     console.print(layer_table(stats, top))
-    png = png or npz.with_suffix(".layers.png")
-    plot(stats, f"{model_name} on {npz.name} ({len(x)} inputs)", png)
+    try:
+        plot(stats, f"{rm.name} on {npz.name} ({len(x)} inputs)", png)
+    except OSError as exc:
+        raise UserError(f"--png {png}: cannot write the figure "
+                        f"({exc.strerror or type(exc).__name__}); pick another path") from exc
     console.print(f"figure: {png}")
     return stats, png
 
 
 @app.command()
 def main(
-    model: Annotated[str, typer.Argument(help="zoo model name")],
+    model: Annotated[str, typer.Argument(
+        help="zoo name, .pth checkpoint or module:factory")],
     npz: Annotated[Path, typer.Argument(help="calibration .npz (from build_calib.py)")],
     png: Annotated[Path | None, typer.Option(help="figure path (default: NPZ.layers.png)")] = None,
     weights: Annotated[str | None, typer.Option(help="weights name or path")] = None,

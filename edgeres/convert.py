@@ -15,7 +15,6 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -30,7 +29,8 @@ from edgeres.bundle import (
     write_manifest,
 )
 from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model, sqnr_db
-from edgeres.config import ActObserver, PTQConfig, RExConfig
+from edgeres.config import PTQConfig, RExConfig
+from edgeres.convert_options import ConvertOptions
 from edgeres.data.preprocess import Preprocess
 from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
@@ -45,6 +45,7 @@ from edgeres.graph.pixels import (
     to_pixels,
 )
 from edgeres.graph.rewrites import lower_for_target
+from edgeres.paths import check_output_folder
 from edgeres.quant.plan import is_depthwise
 from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
@@ -53,74 +54,7 @@ from edgeres.resolve import ResolvedModel, parse_bits, resolve_model
 from edgeres.target_extras import mcu_extras, vela_extras
 from edgeres.targets import Target, load_target
 
-Scheme = Literal["ptq", "rex", "qat", "rex+qat"]
-InputMode = Literal["normalized", "pixels"]
 GOLDEN_SAMPLES = 8
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Everything ``edgeres convert`` takes; defaults are the target's and the model's."""
-
-    model: str = "mobilenet_v2_fmnist"
-    target: str = "arm-cpu-tflite"
-    scheme: Scheme = "ptq"
-    weights: str | None = None
-    calib: str | None = None
-    eval: str | None = None
-    bits: str = "w8a8"
-    out: Path | None = None
-    ignore: tuple[str, ...] = ()
-    adaround_iters: int = 0
-    rex_order: int = 2
-    rex_sparsity: float = 0.5
-    rex_budget_macs: float | None = None
-    qat_steps: int | None = 200
-    qat_epochs: int = 1
-    train: str | None = None  # QAT training data spec (default: the model's labelled train set)
-    qat_dir: Path | None = None  # QAT checkpoints (default: <out>.qat next to the bundle)
-    resume: Path | None = None
-    min_agreement: float | None = None
-    max_drop: float | None = None
-    bench: bool = True
-    threads: tuple[int, ...] = (1, 2)
-    smooth_alpha: float | None = None  # PTQ smoothing (edgeres.graph.smooth); None: by the plan
-    reconstruct_iters: int = 0  # PTQ: block reconstruction steps per block (BRECQ + QDrop), 0 = off
-    output_bias_correction: bool = False  # PTQ: output bias minus the mean logit error
-    act_observer: ActObserver = "percentile"  # activation ranges (PTQConfig.act_observer)
-    percentile: float = 99.99  # the percentile observer's coverage
-    input: InputMode = "normalized"  # "pixels": the model takes pixel - P (edgeres.graph.pixels)
-
-    def __post_init__(self) -> None:  # options that fail late would waste a calibration pass
-        observers = get_args(ActObserver)
-        if self.act_observer not in observers:
-            raise UserError(f"--observer must be one of {' | '.join(observers)}, got "
-                            f"'{self.act_observer}'")
-        if not 50.0 < self.percentile <= 100.0:
-            raise UserError(f"--percentile must be in (50, 100], got {self.percentile}")
-        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha < 1.0:
-            raise UserError(f"--smooth: smooth_alpha must be in [0, 1), got {self.smooth_alpha}")
-        if self.smooth_alpha and self.scheme != "ptq":
-            raise UserError(f"--smooth applies to --scheme ptq only, not '{self.scheme}'")
-        if self.reconstruct_iters < 0:
-            raise UserError(f"--reconstruct: steps per block must be >= 0, got "
-                            f"{self.reconstruct_iters}")
-        if self.reconstruct_iters and self.scheme != "ptq":
-            raise UserError(f"--reconstruct applies to --scheme ptq only, not '{self.scheme}'")
-        if self.output_bias_correction and self.scheme != "ptq":
-            raise UserError(f"--output-bias applies to --scheme ptq only, not '{self.scheme}' "
-                            "(REx expands the output layer; QAT learns its bias)")
-        if self.reconstruct_iters and self.adaround_iters:
-            raise UserError("--reconstruct already learns the weight rounding: drop --adaround")
-        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 100.0:
-            raise UserError(f"--min-agreement is a percentage in [0, 100], got "
-                            f"{self.min_agreement}")
-        if self.input not in get_args(InputMode):
-            raise UserError(f"--input must be one of {' | '.join(get_args(InputMode))}, got "
-                            f"'{self.input}'")
-        if self.max_drop is not None and self.max_drop < 0:
-            raise UserError(f"--max-drop is the largest top-1 loss in points allowed, >= 0; "
-                            f"got {self.max_drop}")
 
 
 @dataclass
@@ -229,7 +163,8 @@ def _qat(
         cfg = replace(cfg, distill_alpha=1.0)  # model is the only teacher
     val = load(val_spec)
     if val.y is None:
-        raise UserError(f"QAT validation data '{val_spec}' has no labels; pass --eval SPEC")
+        raise UserError(f"QAT validation data '{val_spec}' has no labels; give --eval labelled "
+                        "data (fmnist:test, a folder of class sub-folders, an .npz with y)")
     out = bundle_dir(opts, rm, target)
     ckpt_dir = Path(opts.qat_dir) if opts.qat_dir else out.with_name(out.name + ".qat")
     return run_qat(graph, target, cfg, train, val, ckpt_dir, resume=opts.resume,
@@ -267,6 +202,19 @@ def qat_setup(  # noqa: ANN201 - (QATConfig, str, str)
 
 def bundle_dir(opts: ConvertOptions, rm: ResolvedModel, target: Target) -> Path:
     return Path(opts.out) if opts.out else Path("out") / f"{rm.name}-{target.name}"
+
+
+def check_output_paths(opts: ConvertOptions, out: Path) -> None:
+    """The bundle folder (and QAT's checkpoint folder) can be written: said in a second, not
+    after calibration or training."""
+    check_replaceable(out)
+    check_output_folder(out, "--out")
+    if opts.scheme in ("qat", "rex+qat"):
+        ckpt = Path(opts.qat_dir) if opts.qat_dir else out.with_name(out.name + ".qat")
+        if (ckpt / "manifest.json").exists() or ckpt.absolute() == out.absolute():
+            raise UserError(f"--checkpoints {ckpt} is a bundle folder; checkpoints go "
+                            "beside the bundle (the default is <out>.qat)")
+        check_output_folder(ckpt, "--checkpoints")
 
 
 def is_worker_rank() -> bool:
@@ -412,10 +360,8 @@ def convert(
     for spec in (opts.calib, opts.eval):
         if spec:
             DataSpec.parse(spec)
-    if opts.scheme not in ("ptq", "rex", "qat", "rex+qat"):
-        raise UserError(f"unknown scheme '{opts.scheme}' (ptq, rex, qat or rex+qat)")
     rm = resolve_model(opts.model, opts.weights)
-    check_replaceable(bundle_dir(opts, rm, target))  # before minutes of work, not after
+    check_output_paths(opts, bundle_dir(opts, rm, target))  # before minutes of work
     if opts.scheme in ("qat", "rex+qat"):
         qat_setup(rm, opts)
     torch.manual_seed(0)
@@ -426,6 +372,7 @@ def convert(
         rm.img_size,
         model=rm.module,
         progress=progress,
+        num_classes=rm.num_classes,  # a label the model has no output for is a user error
     )
     evalset = load_spec(
         opts.eval or default_eval(rm),
@@ -434,7 +381,12 @@ def convert(
         rm.img_size,
         model=rm.module,
         progress=progress,
+        num_classes=rm.num_classes,  # a label the model has no output for is a user error
     )
+    if opts.max_drop is not None and evalset.y is None:
+        raise UserError(f"--max-drop compares top-1 with float's, but the evaluation data "
+                        f"'{evalset.name}' has no labels: give labelled --eval data, or gate on "
+                        "--min-agreement")
     # lowered here too (quantize_graph does it anyway) so float.onnx names every node the
     # device runs and `edgeres check` can compare them one by one
     graph = lower_for_target(capture(rm.module, calib.x[:1]), target.ops.lowering)

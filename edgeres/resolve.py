@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,9 @@ from edgeres.data.fmnist import FMNIST_LABELS
 from edgeres.data.preprocess import IMAGENET, Preprocess
 from edgeres.errors import UserError
 from edgeres.zoo import create_model, get_entry, list_models
+from edgeres.zoo.registry import load_torch_file
+
+__all__ = ["ResolvedModel", "labels_for", "load_torch_file", "parse_bits", "resolve_model"]
 
 
 @dataclass
@@ -62,21 +67,6 @@ def _from_zoo(name: str, weights: str | None, load: bool = True) -> ResolvedMode
     )
 
 
-def load_torch_file(path: object, what: str, hint: str) -> object:
-    """``torch.load`` of tensors only, with a one-line UserError for a file that is not one
-    (torch's own message runs to a dozen lines of pickling advice)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise UserError(f"{what} '{path}' does not exist") from exc
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        detail = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        reason = detail[-2] if len(detail) > 1 and "weights_only" in detail[0] else (
-            detail[0] if detail else type(exc).__name__)
-        raise UserError(f"cannot read {what} '{path}' as tensors saved by torch.save "
-                        f"({reason}); {hint}") from exc
-
-
 def _state_signature(state: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
@@ -85,9 +75,14 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
     obj = load_torch_file(path, "checkpoint",
                           "save the weights with torch.save(model.state_dict(), path)")
     if not isinstance(obj, dict):
-        raise UserError(f"checkpoint '{path}' holds no state_dict")
+        raise UserError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a state_dict; "
+                        "save it with torch.save(model.state_dict(), path)")
     name = obj.get("model") if isinstance(obj.get("model"), str) else None
     state = obj.get("state_dict", obj)
+    if not isinstance(state, Mapping):
+        raise UserError(f"checkpoint '{path}': 'state_dict' is a {type(state).__name__}, not a "
+                        "dict of tensors; save {'model': '<zoo name>', 'state_dict': "
+                        "model.state_dict()}")
     if name is None:  # find the zoo model whose parameters have exactly these names and shapes
         sig = _state_signature(state)
         for candidate in list_models():
@@ -107,31 +102,151 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
     return resolved
 
 
-def _from_factory(spec: str) -> ResolvedModel:
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _positive_int(value: object, key: str, spec: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"'{spec}': edgeres_meta['{key}'] must be a positive integer, got "
+                        f"{value!r}")
+    return value
+
+
+def _meta_img_size(value: object, spec: str) -> int:
+    """An int, or an (H, W) pair: inputs are square, so H == W."""
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            raise UserError(f"'{spec}': edgeres_meta['img_size'] must be a positive integer or "
+                            f"an [H, W] pair, got {value!r}")
+        h, w = (_positive_int(v, "img_size", spec) for v in value)
+        if h != w:
+            raise UserError(f"'{spec}': edgeres_meta['img_size'] is {h}x{w}; edgeres takes "
+                            "square inputs: give one size")
+        return h
+    return _positive_int(value, "img_size", spec)
+
+
+def _meta_preprocess(value: object, chans: int, spec: str) -> Preprocess:
+    key = f"'{spec}': edgeres_meta['preprocess']"
+    if not isinstance(value, Mapping):
+        raise UserError(f"{key} must be a dict with 'mean' and 'std' lists, got {value!r}")
+    for field in ("mean", "std"):
+        v = value.get(field)
+        if not isinstance(v, list | tuple) or len(v) != chans or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+            raise UserError(f"{key}['{field}'] must be a list of {chans} numbers (one per input "
+                            f"channel, in_chans={chans}), got {v!r}")
+    if any(x <= 0 for x in value["std"]):
+        raise UserError(f"{key}['std'] must be positive, got {list(value['std'])}")
+    unknown = sorted(set(value) - {"mean", "std", "resize", "crop"})
+    if unknown:
+        raise UserError(f"{key} has unknown keys {unknown} (allowed: mean, std, resize, crop)")
+    for field in ("resize", "crop"):
+        if value.get(field) is not None:
+            _positive_int(value[field], f"preprocess']['{field}", spec)
+    return Preprocess.from_json(dict(value))
+
+
+def _meta_labels(value: object, classes: int, spec: str) -> tuple[str | None, list | None]:
+    """(label set name, explicit label list); either may be None."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        if len(value) != classes:
+            raise UserError(f"'{spec}': edgeres_meta['labels'] has {len(value)} names but the "
+                            f"model has {classes} classes: give one name per class")
+        return None, list(value)
+    raise UserError(f"'{spec}': edgeres_meta['labels'] must be 'imagenet', 'fmnist' or a list "
+                    f"of class names, got {value!r}")
+
+
+def _call_factory(spec: str) -> nn.Module:
+    """Import ``module`` and call ``factory()``; any failure is a UserError naming the spec."""
     mod_name, _, fn_name = spec.partition(":")
     try:
         sys.path.insert(0, str(Path.cwd()))
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise UserError(f"cannot import '{mod_name}' for '{spec}': {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - user code: a syntax error, a raise at import
+        raise UserError(f"cannot import '{mod_name}' for '{spec}' ({_one_line(exc)}): fix the "
+                        "module") from exc
     finally:
         sys.path.pop(0)
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise UserError(f"'{fn_name}' is not a callable in module '{mod_name}'")
-    model = factory()
+    try:
+        required = [p.name for p in inspect.signature(factory).parameters.values()
+                    if p.default is p.empty
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        required = []
+    if required:
+        raise UserError(f"'{spec}' takes required arguments ({', '.join(required)}); edgeres "
+                        "calls the factory with no arguments: give them defaults or wrap it")
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise UserError(f"'{spec}' failed ({_one_line(exc)}): fix the factory, or make it "
+                        "callable with no arguments") from exc
     if not isinstance(model, nn.Module):
         raise UserError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module")
-    meta = getattr(model, "edgeres_meta", {}) or {}
-    img = int(meta.get("img_size", 224))
-    chans = int(meta.get("in_chans", 3))
-    pre = Preprocess.from_json(meta["preprocess"]) if "preprocess" in meta else IMAGENET
-    classes = int(meta.get("num_classes", 1000))
-    label_set = meta.get("labels") if isinstance(meta.get("labels"), str) else None
-    labels = meta.get("labels") if isinstance(meta.get("labels"), list) else None
+    return model
+
+
+def _dry_run(model: nn.Module, spec: str, chans: int, img: int) -> torch.Tensor | None:
+    """One forward pass of zeros, so an input the model cannot take is one line here rather
+    than a long torch.fx trace at capture. Returns the output (None if not a tensor)."""
+    shape = (1, chans, img, img)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(shape))
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise UserError(f"'{spec}' failed on an input of shape {shape} ({_one_line(exc)}): set "
+                        "edgeres_meta 'img_size' and 'in_chans' to the input the model "
+                        "takes") from exc
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def _from_factory(spec: str) -> ResolvedModel:
+    model = _call_factory(spec).eval()
+    meta = getattr(model, "edgeres_meta", None) or {}
+    if not isinstance(meta, Mapping):
+        raise UserError(f"'{spec}': edgeres_meta must be a dict, got {type(meta).__name__}")
+    unknown = sorted(set(meta) - {"img_size", "in_chans", "num_classes", "preprocess", "labels"})
+    if unknown:
+        raise UserError(f"'{spec}': unknown edgeres_meta keys {unknown} (allowed: img_size, "
+                        "in_chans, num_classes, preprocess, labels)")
+    img = _meta_img_size(meta.get("img_size", 224), spec)
+    chans = _positive_int(meta.get("in_chans", 3), "in_chans", spec)
+    if "preprocess" in meta:
+        pre = _meta_preprocess(meta["preprocess"], chans, spec)
+    elif chans != 3:
+        raise UserError(f"'{spec}': the model has {chans} input channels, so it needs "
+                        f"edgeres_meta['preprocess'] = {{'mean': [...], 'std': [...]}} with "
+                        f"{chans} means and {chans} stds (the default is ImageNet's 3)")
+    else:
+        pre = IMAGENET
+    out = _dry_run(model, spec, chans, img)
+    outputs = int(out.shape[-1]) if out is not None and out.dim() == 2 else None
+    if "num_classes" in meta:
+        classes = _positive_int(meta["num_classes"], "num_classes", spec)
+        if outputs is not None and outputs != classes:
+            raise UserError(f"'{spec}': edgeres_meta['num_classes'] is {classes} but the model "
+                            f"outputs {outputs} values: make them agree")
+    else:
+        classes = outputs or 1000
+    label_set, labels = _meta_labels(meta.get("labels"), classes, spec)
     return ResolvedModel(
-        fn_name,
-        model.eval(),
+        spec.partition(":")[2],
+        model,
         img,
         chans,
         classes,
@@ -150,6 +265,9 @@ def resolve_model(spec: str, weights: str | None = None, load: bool = True) -> R
     path = Path(spec)
     if spec in list_models():
         return _from_zoo(spec, weights, load)
+    if path.is_dir():
+        raise UserError(f"model '{spec}' is a directory; a checkpoint file (.pt/.pth, written "
+                        "by torch.save) is expected, or a zoo name or module:factory")
     if path.suffix in (".pth", ".pt") or path.is_file():
         if not path.is_file():
             raise UserError(f"checkpoint '{spec}' does not exist")

@@ -260,19 +260,32 @@ class Target:
             raise ProfileError(
                 "vela", "a [vela] table is required for runtime 'vela' and only then"
             )
-        if self.io_dtype != "float32":
-            signed = self.io_dtype == "int8"
-            if signed != self.activations.signed or 8 not in self.activations.bits:
-                kind = "int8" if self.activations.signed else "uint8"
-                raise ProfileError(
-                    "io_dtype", f"'{self.io_dtype}' does not match {kind} activations (use {kind})"
-                )
+        self._check_io_dtype()
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise ProfileError("latency_ms", "must be > 0")
         if self.weights.uint8_storage and (self.format != "onnx" or self.weights.bits != (8,)):
             raise ProfileError("weights.uint8_storage", "stores 8-bit weights of ONNX files: "
                                "needs format = \"onnx\" and weights.bits = [8]")
         self._check_lowering()
+
+    def _check_io_dtype(self) -> None:
+        """Integer model inputs/outputs are 8-bit activations: the activation rules must have
+        8 bits and the same signedness (the message names which of the two is wrong)."""
+        if self.io_dtype == "float32":
+            return
+        allowed = _join(get_args(IODtype))
+        acts = self.activations
+        if 8 not in acts.bits:
+            raise ProfileError(
+                "io_dtype", f"'{self.io_dtype}' needs 8-bit activations but activations.bits is "
+                f"{list(acts.bits)}: add 8 to activations.bits, or set io_dtype = \"float32\" "
+                f"(allowed values: {allowed})")
+        kind = "int8" if acts.signed else "uint8"
+        if self.io_dtype != kind:
+            raise ProfileError(
+                "io_dtype", f"'{self.io_dtype}' does not match activations.signed = "
+                f"{str(acts.signed).lower()} ({kind} activations): set io_dtype = \"{kind}\" "
+                f"or \"float32\" (allowed values: {allowed})")
 
     def _check_lowering(self) -> None:
         low = self.ops.lowering
@@ -553,13 +566,15 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
     text = str(name_or_path)
     path = Path(text)
     builtin = not (text.endswith(".toml") or os.sep in text or "/" in text)
-    if builtin:
+    if builtin and (targets_dir() / f"{text}.toml").is_file():
         path = targets_dir() / f"{text}.toml"
-        if not path.is_file():
-            raise UserError(
-                f"unknown target '{text}'; known targets: {', '.join(target_names())} "
-                "(or pass the path of a .toml profile)"
-            )
+    elif path.is_dir():
+        raise UserError(f"target '{text}' is a directory, not a .toml target profile: pass a "
+                        f"profile file (e.g. targets/arm-cpu-tflite.toml) or a name from "
+                        f"`edgeres targets`")
+    elif builtin:
+        raise UserError(f"unknown target '{text}'; known targets: {', '.join(target_names())} "
+                        "(or pass the path of a .toml profile)")
     elif not path.is_file():
         raise UserError(f"target profile {path} not found")
     try:

@@ -143,3 +143,159 @@ def test_inspect_calib_ranges_match_the_float_model(tmp_path):
     n_res = sum(getattr(m, "use_res_connect", False) for m in model.modules())
     assert sum(isinstance(model.get_submodule(n), nn.ReLU6) for n in stats) == n_relu6
     assert sum(getattr(model.get_submodule(n), "use_res_connect", False) for n in stats) == n_res
+
+
+def one_line_error(result, option: str) -> str:
+    """A user mistake: exit 2 and one stderr line naming ``option``, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(("build_calib.py: error: ",
+                                                    "inspect_calib.py: error: ")), lines
+    assert option in lines[0], lines[0]
+    return lines[0]
+
+
+def must_not_run(*_args, **_kwargs):
+    raise AssertionError("ran before the options were checked")
+
+
+PROC = Path("/proc")
+BAD_OUTPUTS = [  # (where relative to tmp_path or absolute, what the message must say)
+    (".", "is a folder"),
+    ("plain.txt/c.npz", "is a file, not a folder"),
+    ("plain.txt/a/b/c.npz", "is a file, not a folder"),
+    pytest.param("/proc/foo.npz", "cannot create files in /proc",
+                 marks=pytest.mark.skipif(not PROC.is_dir(), reason="needs Linux /proc")),
+]
+
+
+@pytest.mark.parametrize(("where", "says"), BAD_OUTPUTS)
+def test_build_calib_rejects_an_unwritable_out_before_work(tmp_path, monkeypatch, where, says):
+    build = script("build_calib")
+    monkeypatch.setattr(build, "resolve_model", must_not_run)
+    monkeypatch.setattr(build, "load_spec", must_not_run)
+    (tmp_path / "plain.txt").write_text("a file")
+    out = tmp_path / where
+    result = CliRunner().invoke(build.app, ["mobilenet_v2_fmnist", "fmnist:train@8", "-o",
+                                            str(out)])
+    line = one_line_error(result, f"-o {out}")
+    assert says in line
+    assert (tmp_path / "plain.txt").read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt"]  # no probe left behind
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--seed", "-1"], "--seed"), (["--seed", str(2**64)], "--seed"), (["--n", "0"], "--n")])
+def test_build_calib_rejects_bad_numbers_before_work(tmp_path, monkeypatch, args, option):
+    build = script("build_calib")
+    monkeypatch.setattr(build, "resolve_model", must_not_run)
+    result = CliRunner().invoke(build.app, ["mobilenet_v2_fmnist", "fmnist:train", *args,
+                                            "-o", str(tmp_path / "c.npz")])
+    one_line_error(result, option)
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_build_calib_write_failure_names_out(tmp_path, monkeypatch):
+    build = script("build_calib")
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "save_npz", disk_full)
+    out = tmp_path / "c.npz"
+    result = CliRunner().invoke(build.app, ["mobilenet_v2_fmnist", "fmnist:train@4", "-o",
+                                            str(out)])
+    assert "No space left on device" in one_line_error(result, f"-o {out}")
+
+
+def test_build_calib_error_has_no_blank_line(tmp_path):
+    """With the progress display on (no --quiet) and stderr not a terminal."""
+    build = script("build_calib")
+    result = CliRunner().invoke(build.app, ["mobilenet_v2_fmnist", "imagenet-samples", "-o",
+                                            str(tmp_path / "c.npz")])
+    assert result.stderr.startswith("build_calib.py: error: "), repr(result.stderr[:80])
+    one_line_error(result, "imagenet-samples")
+
+
+def test_build_calib_takes_a_checkpoint_and_a_factory(tmp_path, monkeypatch):
+    import edgeres
+    from edgeres.zoo.models import FMNIST
+
+    build = script("build_calib")
+    ckpt = tmp_path / "m.pth"
+    torch.save(edgeres.create_model("mobilenet_v2_fmnist", pretrained=True).state_dict(), ckpt)
+    (tmp_path / "calib_factory_mod.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),\n"
+        "                              torch.nn.Linear(4 * 26 * 26, 10))\n"
+        f"    net.edgeres_meta = {{'img_size': 28, 'in_chans': 1, 'num_classes': 10,\n"
+        f"                         'preprocess': {FMNIST.to_json()!r}}}\n"
+        "    return net\n")
+    monkeypatch.chdir(tmp_path)  # module:factory imports from the working folder
+    ref = load_spec("fmnist:train@8", FMNIST, 1, 28)
+    for model in (str(ckpt), "calib_factory_mod:make"):
+        out = tmp_path / "out" / f"{model.replace('/', '_')}.npz"
+        result = CliRunner().invoke(build.app, [model, "fmnist:train@8", "--quiet", "-o",
+                                                str(out)])
+        assert result.exit_code == 0, (result.output, result.exception)
+        x, y = load_npz(out, FMNIST, 1, 28)
+        assert x.shape == (8, 1, 28, 28) and torch.equal(x, ref.x) and torch.equal(y, ref.y)
+        meta = read_npz_meta(out)
+        assert meta["model"] == model and meta["shape"] == [8, 1, 28, 28]
+    result = CliRunner().invoke(build.app, [str(tmp_path / "none.pth"), "fmnist:train@8",
+                                            "-o", str(tmp_path / "c.npz")])
+    one_line_error(result, "none.pth")
+
+
+@pytest.fixture
+def calib_npz(tmp_path) -> Path:
+    from edgeres.data.folders import save_npz
+
+    return save_npz(tmp_path / "X.npz", torch.randn(16, 1, 28, 28,
+                                                    generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--batch", "0"], "--batch"), (["--batch", "-1"], "--batch"),
+    (["--top", "-3"], "--top"), (["--top", "0"], "--top"),
+    (["--png", "DIR"], "--png"), (["--png", "DIR/plain.txt/l.png"], "--png"),
+    pytest.param(["--png", "/proc/foo.png"], "--png /proc/foo.png",
+                 marks=pytest.mark.skipif(not PROC.is_dir(), reason="needs Linux /proc")),
+])
+def test_inspect_calib_rejects_bad_options_before_work(calib_npz, monkeypatch, args, option):
+    inspect = script("inspect_calib")
+    monkeypatch.setattr(inspect, "resolve_model", must_not_run)
+    monkeypatch.setattr(inspect, "collect", must_not_run)
+    (calib_npz.parent / "plain.txt").write_text("a file")
+    args = [a.replace("DIR", str(calib_npz.parent)) for a in args]
+    result = CliRunner().invoke(inspect.app, ["mobilenet_v2_fmnist", str(calib_npz), *args])
+    one_line_error(result, option)
+    assert sorted(p.name for p in calib_npz.parent.iterdir()) == ["X.npz", "plain.txt"]
+
+
+def test_inspect_calib_takes_a_checkpoint_and_names_png_on_write_failure(
+        calib_npz, monkeypatch):
+    import edgeres
+    from edgeres.zoo.models import FMNIST
+
+    inspect = script("inspect_calib")
+    model = edgeres.create_model("mobilenet_v2_fmnist", pretrained=True)
+    ckpt = calib_npz.parent / "m.pth"
+    torch.save(model.state_dict(), ckpt)
+    stats, png = inspect.inspect(str(ckpt), calib_npz, batch=5, top=3)
+    assert png == calib_npz.with_suffix(".layers.png") and png.read_bytes()[:4] == b"\x89PNG"
+    x, _ = load_npz(calib_npz, FMNIST, 1, 28)
+    with torch.no_grad():
+        logits = model(x)
+    assert stats["classifier.1"].hi == pytest.approx(logits.max().item(), rel=1e-5)
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(inspect, "plot", read_only)
+    monkeypatch.setattr(inspect, "collect", lambda *_a: stats)  # the ranges are checked above
+    out = calib_npz.parent / "l.png"
+    result = CliRunner().invoke(inspect.app, [str(ckpt), str(calib_npz), "--png", str(out)])
+    assert "Read-only file system" in one_line_error(result, f"--png {out}")

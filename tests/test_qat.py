@@ -276,6 +276,11 @@ def test_steps_cap_and_resume_equal_an_uninterrupted_run(tmp_path):
                     resume=resumed.checkpoint, progress=False)
     assert again.steps == 12
     assert all(torch.equal(v, _state(again.net)[k]) for k, v in b.items())
+    # the checkpoint folder a run wrote resumes as its checkpoint does
+    folder = run_qat(model, target, CFG, train, val, tmp_path / "part",
+                     resume=tmp_path / "part", progress=False)
+    assert folder.steps == 12
+    assert all(torch.equal(v, _state(folder.net)[k]) for k, v in b.items())
 
 
 # -- bad input: clear errors, nothing overwritten -------------------------------------------

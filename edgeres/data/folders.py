@@ -60,7 +60,9 @@ def check_batch(x: torch.Tensor, where: str, in_chans: int, img_size: int | None
         raise UserError(f"{where}: {bad} NaN/Inf values in the inputs")
 
 
-def check_labels(y: np.ndarray | torch.Tensor, n: int, where: str) -> torch.Tensor:
+def check_label_shape(y: np.ndarray | torch.Tensor, n: int, where: str) -> torch.Tensor:
+    """One integer label per sample, as int64 (the range against the model's classes is
+    :func:`edgeres.data.specs.check_labels`, which needs the model)."""
     y = torch.as_tensor(np.asarray(y))
     if y.dim() != 1 or y.shape[0] != n:
         raise UserError(f"{where}: labels 'y' have shape {list(y.shape)}; expected [{n}]")
@@ -104,6 +106,9 @@ def _read_image(path: Path, in_chans: int, img_size: int | None) -> np.ndarray:
 def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
     """Files, their class indices and the class names (None, None when unlabelled)."""
     root = Path(root)
+    if root.is_file():
+        raise UserError(f"image folder {root} is a file, not a folder: give the folder of "
+                        f"images{', or npz:' + str(root) if root.suffix == '.npz' else ''}")
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
 
@@ -159,12 +164,19 @@ def load_npz(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Model inputs (NCHW float) and labels (or None) from an ``.npz`` (keys in module doc)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"npz file {path} is a directory, not an .npz file: give the .npz "
+                        f"path, or folder:{path} for a folder of images")
     if not path.is_file():
         raise UserError(f"npz file {path} does not exist")
     with path.open("rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":  # np.load would try the bytes as a pickle
-            raise UserError(f"{path} is not an .npz archive; write one with np.savez(path, "
-                            "x=float_nchw) or calibration/build_calib.py")
+        magic = fh.read(4)
+    if magic == b"PK\x05\x06":  # a zip with no members: np.savez(path) with no arrays
+        raise UserError(f"{path} holds no arrays; it needs key 'x' (float NCHW, preprocessed) "
+                        "or 'images' (uint8 NHWC): np.savez(path, x=...) or images=...")
+    if magic != b"PK\x03\x04":  # np.load would try the bytes as a pickle
+        raise UserError(f"{path} is not an .npz archive; write one with np.savez(path, "
+                        "x=float_nchw) or calibration/build_calib.py")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -172,6 +184,9 @@ def load_npz(
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot read {path} as .npz ({reason}); store plain numeric "
                         "arrays, not Python objects") from exc
+    if not arrays:
+        raise UserError(f"{path} holds no arrays; it needs key 'x' (float NCHW, preprocessed) "
+                        "or 'images' (uint8 NHWC): np.savez(path, x=...) or images=...")
     if ("x" in arrays) == ("images" in arrays):
         raise UserError(f"{path}: needs exactly one of the keys 'x' (float NCHW, preprocessed) "
                         f"or 'images' (uint8 NHWC); found keys {sorted(arrays)}")
@@ -193,7 +208,7 @@ def load_npz(
             raise UserError(f"{path}: 'images' holds no samples (empty data)")
         x = _preprocess_chunked(_match_channels(a, in_chans, where, img_size), preprocess)
     check_batch(x, where, in_chans, img_size)
-    y = check_labels(arrays["y"], x.shape[0], where) if "y" in arrays else None
+    y = check_label_shape(arrays["y"], x.shape[0], where) if "y" in arrays else None
     return x, y
 
 
@@ -217,6 +232,9 @@ def save_npz(
                 np.lib.format.write_array(buf, arr, allow_pickle=False)
                 zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
                             buf.getvalue())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the data is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeres.errors import UserError
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -35,9 +37,11 @@ class Preprocess:
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` on an NCHW batch already scaled to [0, 1]."""
         c = x01.shape[1]
-        if len(self.mean) != c:
-            raise ValueError(
-                f"preprocessing has {len(self.mean)} channel means; input has {c} channels"
+        if len(self.mean) != c or len(self.std) != c:
+            raise UserError(
+                f"preprocessing has {len(self.mean)} channel means and {len(self.std)} stds "
+                f"(mean={list(self.mean)}) but the input has {c} channels: give one mean and "
+                "one std per input channel (a factory model: edgeres_meta['preprocess'])"
             )
         mean = torch.tensor(self.mean, dtype=x01.dtype).view(1, c, 1, 1)
         std = torch.tensor(self.std, dtype=x01.dtype).view(1, c, 1, 1)
@@ -55,7 +59,8 @@ class Preprocess:
         if self.crop is not None:
             h, w = x01.shape[-2:]
             if h < self.crop or w < self.crop:
-                raise ValueError(f"image {h}x{w} is smaller than the {self.crop} px crop")
+                raise UserError(f"image {h}x{w} is smaller than the {self.crop} px centre "
+                                f"crop of the model's preprocessing: use larger images")
             top, left = (h - self.crop) // 2, (w - self.crop) // 2
             x01 = x01[..., top : top + self.crop, left : left + self.crop]
         return x01

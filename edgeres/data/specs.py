@@ -37,7 +37,7 @@ from torch import nn
 
 from edgeres.data.folders import (
     check_batch,
-    check_labels,
+    check_label_shape,
     expected_shape,
     list_image_folder,
     load_image_folder,
@@ -53,6 +53,7 @@ _NEEDS_ARG = {"fmnist": "fmnist:train or fmnist:test", "folder": "folder:PATH",
 DEFAULT_COUNT = {"photos": 128, "synthetic": 32}
 UNLABELLED_KINDS = ("photos", "synthetic")  # never carry labels (folders and .npz may)
 _COUNT_RE = re.compile(r"^(.*)@([-+]?[\d.]*)$")  # "@5", and "@-3" / "@" to refuse
+_PATH_KINDS = ("folder", "npz")  # their argument is a path, which may itself hold an "@"
 
 
 def _bare_path(text: str) -> tuple[str, str] | None:
@@ -71,6 +72,35 @@ def _bare_path(text: str) -> tuple[str, str] | None:
     return None
 
 
+def _bad_count(text: str, n: str) -> UserError:
+    return UserError(f"data spec '{text}': the count after @ must be a whole number of at "
+                     f"least 1 (e.g. fmnist:train@512), got '{n}'")
+
+
+def _count(text: str, n: str) -> int:
+    if not re.fullmatch(r"[0-9]+", n.strip()) or int(n) < 1:
+        raise _bad_count(text, n)
+    return int(n)
+
+
+def _split_count(text: str) -> tuple[str, int | None]:
+    """``spec@N`` -> (spec, N). A path (``folder:``, ``npz:``, a bare path) may hold an ``@``
+    of its own, so there only a number-like tail is a count; elsewhere any ``@`` starts one."""
+    head = text.split("@", 1)[0]
+    kind = head.partition(":")[0].strip().lower()
+    if "@" in text and kind in KINDS and kind not in _PATH_KINDS:
+        base, n = text.split("@", 1)
+        return base, _count(text, n)
+    match = _COUNT_RE.match(text)
+    if match:
+        return match.group(1), _count(text, match.group(2))
+    base, at, n = text.rpartition("@")
+    if at and not Path(text.partition(":")[2] or text).expanduser().exists() and \
+            Path(base.partition(":")[2] or base).expanduser().exists():
+        raise _bad_count(text, n)  # "folder:imgs@abc" where imgs exists: a count typo
+    return text, None
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A parsed spec: ``kind[:arg][@count]``."""
@@ -82,14 +112,9 @@ class DataSpec:
     @classmethod
     def parse(cls, text: str) -> DataSpec:
         text = text.strip()
-        count = None
-        match = _COUNT_RE.match(text)
-        if match:
-            text, n = match.group(1), match.group(2).strip()
-            if not n.isdigit() or int(n) < 1:
-                raise UserError(f"data spec '{text}@{n}': the count after @ must be a whole "
-                                "number of at least 1")
-            count = int(n)
+        if not text:
+            raise UserError("empty data spec; give e.g. fmnist:train@512 or folder:PATH")
+        text, count = _split_count(text)
         kind, _, arg = text.partition(":")
         kind = kind.strip().lower()
         if kind not in KINDS and (bare := _bare_path(text)):
@@ -191,12 +216,14 @@ def load_spec(
     model: nn.Module | None = None,
     seed: int = 0,
     progress: bool = False,
+    num_classes: int | None = None,
 ) -> DataSet:
     """Load a data spec as model inputs, checked against ``[N, in_chans, img_size, img_size]``.
 
     ``n`` is the count used when the spec has no ``@N`` (None: the whole set, or the default
     of a generated one). ``model`` is needed only by ``synthetic``. ``img_size=None`` accepts
-    any spatial size. Every problem is a UserError naming the spec or file.
+    any spatial size. ``num_classes``: when given, labels outside ``[0, num_classes)`` are
+    refused (:func:`check_labels`). Every problem is a UserError naming the spec or file.
 
     >>> from edgeres.data.preprocess import IMAGENET
     >>> ds = load_spec("imagenet-samples@4", IMAGENET, in_chans=3, img_size=224)
@@ -242,5 +269,46 @@ def load_spec(
                               preprocess=preprocess, progress=progress)
     check_batch(x, f"data spec '{where}'", in_chans, img_size)
     if y is not None:
-        y = check_labels(y, x.shape[0], f"data spec '{where}'")
+        y = check_label_shape(y, x.shape[0], f"data spec '{where}'")
+        if num_classes is not None:
+            check_labels(y, num_classes, parsed)
     return DataSet(x.contiguous(), y, where, centre)
+
+
+def check_labels(y: torch.Tensor | np.ndarray | None, num_classes: int,
+                 spec: str | DataSpec) -> None:
+    """Raise a UserError unless every label is a class of the model, in ``[0, num_classes)``.
+
+    A label the model has no output for is otherwise scored as a miss: a wrong set (or a
+    folder with more class sub-folders than the model has classes) gives a silently low
+    top-1 instead of an error. ``y`` None (unlabelled data) passes. ``spec`` is the data
+    spec the labels came from (``DataSet.name`` or the ``--eval`` text); folder specs get a
+    hint on how class folders become labels. Call it as
+    ``check_labels(ds.y, rm.num_classes, ds.name)``.
+    """
+    if y is None:
+        return
+    y = (y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))).flatten()
+    if y.numel() == 0:
+        return
+    bad = (y < 0) | (y >= num_classes)
+    if not bool(bad.any()):
+        return
+    value = int(y[bad.nonzero()[0]].item())
+    low, high = int(y.min()), int(y.max())
+    text = str(spec)
+    msg = (f"data spec '{text}' has label {value} (labels span {low}..{high}) but the model "
+           f"has {num_classes} classes (labels 0..{num_classes - 1})")
+    try:
+        parsed = spec if isinstance(spec, DataSpec) else DataSpec.parse(text)
+    except UserError:
+        parsed = None
+    if parsed is not None and parsed.kind == "folder":
+        classes = list_image_folder(Path(parsed.arg).expanduser())[2] or []
+        which = f", label {value} is '{classes[value]}'" if 0 <= value < len(classes) else ""
+        raise UserError(f"{msg}: class sub-folders map to labels 0, 1, ... in sorted name order "
+                        f"and {parsed.arg} has {len(classes)} of them{which}; keep only the "
+                        f"model's {num_classes} class folders")
+    fix = (f", or a model built with num_classes={high + 1}" if low >= 0
+           else "; labels are never negative")
+    raise UserError(f"{msg}: use data labelled with this model's classes{fix}")

@@ -64,6 +64,28 @@ class QuantPlan:
         }
 
 
+def _check_integer_io(graph: Graph, target: Target, act_specs: dict[str, QSpec],
+                      float_nodes: dict[str, str]) -> None:
+    """A target with integer I/O needs its model's inputs read, and its outputs written, by
+    integer layers; say so at planning time rather than when the exporter finds no QParams."""
+    if target.io_dtype == "float32":
+        return
+    fix = ("keep it integer, or pick a target with float I/O (io_dtype float32 in "
+           "`edgeres targets`)")
+    for info in graph.inputs:
+        if info.name not in act_specs:
+            readers = [n.name for n in graph.nodes if info.name in n.inputs]
+            why = "; ".join(f"'{r}' {float_nodes.get(r, 'stays float')}" for r in readers)
+            raise UserError(f"the model input '{info.name}' is read only by float layers ({why}),"
+                            f" but {target.name} has {target.io_dtype} I/O: {fix}")
+    for name in graph.outputs:
+        if name not in act_specs:
+            writer = next((n.name for n in graph.nodes if n.output == name), name)
+            raise UserError(f"the model output '{name}' is written by a float layer "
+                            f"('{writer}' {float_nodes.get(writer, 'stays float')}), but "
+                            f"{target.name} has {target.io_dtype} I/O: {fix}")
+
+
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
@@ -139,6 +161,7 @@ def make_plan(
         if node.op in SHARE_INPUT_QPARAMS and node.inputs[0] in act_specs:
             shared[node.output] = node.inputs[0]
 
+    _check_integer_io(graph, target, act_specs, float_nodes)
     weight_specs: dict[str, QSpec] = {}
     for node in integer:
         if node.op not in ("conv2d", "linear"):

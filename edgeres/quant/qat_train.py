@@ -232,19 +232,20 @@ def _run_meta(label: str, graph: Graph, target: Target, cfg: QATConfig, n_train:
     }
 
 
-def _mismatches(saved: dict, meta: dict) -> list[str]:
+def _mismatches(saved: dict, meta: dict, prefix: str = "") -> list[str]:
+    """What differs between a checkpoint's run and this one, one short item per leaf key."""
     out = []
-    if saved.get("fingerprint") != meta["fingerprint"]:
-        out.append(f"model: checkpoint is of '{saved.get('model')}' "
-                   f"({str(saved.get('fingerprint'))[:12]}), this run is '{meta['model']}' "
-                   f"({meta['fingerprint'][:12]})")
-    for key in ("target", "num_classes", "train_samples", "rex"):
-        if saved.get(key) != meta[key]:
-            out.append(f"{key}: checkpoint {saved.get(key)!r}, this run {meta[key]!r}")
-    old, new = saved.get("config", {}), meta["config"]
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            out.append(f"config {key}: checkpoint {old.get(key)!r}, this run {new.get(key)!r}")
+    if not prefix and saved.get("fingerprint") != meta["fingerprint"]:
+        out.append(f"model: the checkpoint's layers or float weights are not this model's "
+                   f"({str(saved.get('fingerprint'))[:12]} vs {meta['fingerprint'][:12]})")
+    keys = ("target", "num_classes", "train_samples", "rex", "config") if not prefix else sorted(
+        set(saved) | set(meta))
+    for key in keys:
+        old, new = saved.get(key), meta.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _mismatches(old, new, f"{prefix}{key} ")
+        elif old != new:
+            out.append(f"{prefix}{key}: checkpoint {old!r}, this run {new!r}")
     return out
 
 
@@ -252,6 +253,8 @@ def load_checkpoint(path: Path, meta: dict) -> dict:
     """A checkpoint written by a run with the same model, target, config and data, else a
     UserError that lists every difference."""
     path = Path(path)
+    if path.is_dir():  # the checkpoint folder a run wrote: resume from its checkpoint
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist")
     from edgeres.resolve import load_torch_file
@@ -574,7 +577,7 @@ def _run(model, target, cfg, train, val, out_dir, resume, show, d, started, rex)
     per_epoch = len(train) // cfg.batch
     if per_epoch == 0:
         raise UserError(f"training data '{train.name}' has {len(train)} samples, fewer than "
-                        f"one batch of {cfg.batch}; lower the batch or add data")
+                        f"one batch of {cfg.batch}; add data or lower QATConfig.batch")
     check_plan(graph, target, cfg)
     meta = _run_meta(label, graph, target, cfg, len(train), rex)
     ckpt = load_checkpoint(resume, meta) if resume is not None else None

@@ -1,0 +1,129 @@
+"""Bad options of `edgeres convert` / `edgeres qat` fail in seconds, in one line naming the
+option, and write nothing: before calibration or training, never after."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeres.convert import ConvertOptions, convert
+from edgeres.errors import UserError
+from edgeres.graph.capture import capture
+from edgeres.quant.plan import make_plan
+from edgeres.quant.qat_train import _mismatches
+from edgeres.targets import load_target
+from edgeres.zoo import create_model
+
+FAST = dict(calib="fmnist:train@32", eval="fmnist:test@64", bench=False)
+
+
+@pytest.mark.parametrize(("options", "flag"), [
+    (dict(scheme="ptq", rex_order=3), "--rex-order applies to --scheme rex"),
+    (dict(scheme="qat", rex_sparsity=0.25), "--rex-sparsity applies to --scheme rex"),
+    (dict(scheme="ptq", rex_budget_macs=0.5), "--rex-budget applies to --scheme rex"),
+    (dict(scheme="rex", rex_order=0), "--rex-order: the expansion order K must be >= 1"),
+    (dict(scheme="rex", rex_sparsity=1.0), "--rex-sparsity"),
+    (dict(scheme="rex", rex_budget_macs=float("nan")), "--rex-budget"),
+    (dict(scheme="rex", rex_budget_macs=float("inf")), "--rex-budget"),
+    (dict(adaround_iters=-5), "--adaround"),
+    (dict(calib=""), "--calib is empty"),
+    (dict(eval="  "), "--eval is empty"),
+    (dict(scheme="qat", train=""), "--train is empty"),
+    (dict(scheme="nope"), "--scheme must be one of"),
+    (dict(max_drop=float("nan")), "--max-drop"),
+])
+def test_bad_options_name_the_option(options: dict, flag: str) -> None:
+    with pytest.raises(UserError, match=flag.replace("+", r"\+")):
+        ConvertOptions(**options)
+
+
+def test_rex_options_are_taken_by_rex_schemes() -> None:
+    for scheme in ("rex", "rex+qat"):
+        opts = ConvertOptions(scheme=scheme, rex_order=3, rex_sparsity=0.25, rex_budget_macs=0.5)
+        assert (opts.rex_order, opts.rex_sparsity, opts.rex_budget_macs) == (3, 0.25, 0.5)
+
+
+def test_out_below_a_file_fails_before_calibration(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    with pytest.raises(UserError, match=f"--out .*: {blocker} is a file, not a folder"):
+        convert(ConvertOptions(out=blocker / "sub" / "bundle", **FAST), progress=False)
+    assert blocker.read_text() == "mine"
+
+
+def test_qat_checkpoints_are_refused_in_a_file_or_a_bundle(tmp_path: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    with pytest.raises(UserError, match="--checkpoints .* is a file, not a folder"):
+        convert(ConvertOptions(scheme="qat", qat_dir=a_file, out=tmp_path / "b", **FAST),
+                progress=False)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match="--checkpoints .* is a bundle folder"):
+        convert(ConvertOptions(scheme="qat", qat_dir=bundle, out=tmp_path / "b", **FAST),
+                progress=False)
+    assert not (tmp_path / "b").exists() and sorted(bundle.iterdir()) == [bundle / "manifest.json"]
+
+
+def test_max_drop_needs_labelled_eval_data(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "unlabelled.npz", x=x)
+    opts = ConvertOptions(calib="fmnist:train@32", eval=f"npz:{tmp_path / 'unlabelled.npz'}",
+                          max_drop=0.0, bench=False, out=tmp_path / "b")
+    with pytest.raises(UserError, match="--max-drop .* has no labels"):
+        convert(opts, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def graph():  # noqa: ANN201 - Graph
+    return capture(create_model("mobilenet_v2_fmnist"), torch.zeros(1, 1, 28, 28))
+
+
+@pytest.mark.parametrize(("ignore", "what"), [
+    (("features.0.0",), "the model input 'input' is read only by float layers"),
+    (("classifier.*",), "the model output 'logits' is written by a float layer"),
+])
+def test_ignoring_an_io_layer_of_an_int8_io_target_is_refused_at_planning(
+        graph, ignore: tuple[str, ...], what: str) -> None:  # noqa: ANN001
+    with pytest.raises(UserError, match=f"{what}.*in the ignore list.*arm-cpu-tflite has int8"):
+        make_plan(graph, load_target("arm-cpu-tflite"), ignore=ignore)
+    plan = make_plan(graph, load_target("arm-cpu-onnx"), ignore=ignore)  # float I/O: fine
+    assert set(plan.float_nodes) >= {n.name for n in graph.nodes if n.name.startswith(
+        ignore[0].rstrip("*"))}
+
+
+def test_explain_predicts_the_io_refusal() -> None:
+    done = subprocess.run([sys.executable, "-m", "edgeres.cli", "explain", "mobilenet_v2_fmnist",
+                           "--ignore", "features.0.0"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "read only by float layers" in done.stderr and not done.stdout.strip()
+
+
+def test_checkpoint_mismatches_name_each_differing_leaf() -> None:
+    meta = {"fingerprint": "a" * 64, "target": "t", "num_classes": 10, "train_samples": 64,
+            "rex": {"order": 2, "sparsity": 0.5, "ptq": {"weight_bits": 4}},
+            "config": {"lr": 0.01, "epochs": 3}}
+    saved = {**meta, "rex": {"order": 3, "sparsity": 0.5, "ptq": {"weight_bits": 4}},
+             "config": {"lr": 0.02, "epochs": 3}}
+    assert _mismatches(saved, meta) == ["rex order: checkpoint 3, this run 2",
+                                        "config lr: checkpoint 0.02, this run 0.01"]
+    assert _mismatches({**meta, "fingerprint": "b" * 64}, meta)[0].startswith(
+        "model: the checkpoint's layers or float weights are not this model's")
+
+
+def test_labels_the_model_has_no_output_for_are_refused(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x, y=np.full(8, 50))
+    opts = ConvertOptions(calib="fmnist:train@32", eval=f"npz:{tmp_path / 'eval.npz'}",
+                          bench=False, out=tmp_path / "b")
+    with pytest.raises(UserError, match="has label 50 .* the model has 10 classes"):
+        convert(opts, progress=False)
+    assert not (tmp_path / "b").exists()
