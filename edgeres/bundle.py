@@ -16,15 +16,21 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cache
+from pathlib import Path, PurePosixPath
 
 from edgeres.errors import UserError
+from edgeres.paths import current_umask
 
 SCHEMA = "edgeres.bundle/1"
 MANIFEST = "manifest.json"
 # golden/: per-channel divisors of smoothed tensors (see edgeres.check.channel_divisors)
 CHANNEL_SCALES = "channel_scales.npz"
 SCHEMA_FILE = Path(__file__).with_name("bundle.schema.json")
+FLOAT_FILE = "float.onnx"
+# The model file each manifest ``format`` names (a "c" bundle's C arrays hold the .tflite).
+FORMAT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "c": ".tflite"}
+REBUILD = "rebuild the bundle with `edgeres convert`"
 
 
 def sha256_file(path: Path) -> str:
@@ -50,15 +56,53 @@ def file_hashes(root: Path) -> dict[str, str]:
     return out
 
 
+def _folder_entries(root: Path) -> Iterator[str]:
+    """POSIX relative paths of everything under ``root`` that is not a folder (links to
+    folders included: they are not walked into), in a stable order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        links = [d for d in dirnames if (here / d).is_symlink()]
+        dirnames[:] = sorted(d for d in dirnames if d not in links)
+        for name in sorted(filenames + links):
+            yield (here / name).relative_to(root).as_posix()
+
+
 def check_replaceable(out_dir: Path) -> None:
-    """A UserError unless ``out_dir`` is absent, empty or an edgeres bundle (a convert must
-    never replace somebody's folder; called before the work and again before the rename)."""
+    """A UserError unless ``out_dir`` is absent, empty or an edgeres bundle with nothing in it
+    that its manifest does not list (a convert must never delete somebody's file: a folder
+    that merely holds a manifest.json, or a bundle someone dropped a checkpoint into).
+    Called before the work and again before the rename."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"'{out_dir}' is a file, not a bundle folder; pass another --out")
-    if out_dir.is_dir() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        manifest = None
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict) or manifest.get("schema") != SCHEMA:
         raise UserError(f"'{out_dir}' exists and is not an edgeres bundle; refusing to replace "
                         "it (pass another --out)")
+    for rel in _folder_entries(out_dir):
+        if rel != MANIFEST and rel not in listed:
+            raise UserError(f"'{out_dir}' holds '{rel}', which is not a file of the bundle there; "
+                            "refusing to replace it: pass another --out or move that file out")
+
+
+def _publish_modes(stage: Path) -> None:
+    """Folders 0o777 and files 0o666, less the umask: what any other tool would make. mkdtemp
+    and mkstemp make 0700 / 0600, and a bundle must be readable by builds and other users."""
+    umask = current_umask()
+    os.chmod(stage, 0o777 & ~umask)
+    for dirpath, dirnames, filenames in os.walk(stage):
+        for name in dirnames:
+            os.chmod(Path(dirpath) / name, 0o777 & ~umask, follow_symlinks=False)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                os.chmod(path, 0o666 & ~umask)
 
 
 @contextmanager
@@ -75,6 +119,7 @@ def staged_bundle(out_dir: Path) -> Iterator[Path]:
         raise UserError(f"cannot write the bundle to '{out_dir}': {exc.strerror or exc}") from exc
     try:
         yield stage
+        _publish_modes(stage)
         old = None
         if out_dir.exists():
             check_replaceable(out_dir)
@@ -110,11 +155,138 @@ class Bundle:
 
     @property
     def float_file(self) -> Path:
-        return self.root / "float.onnx"
+        return self.root / FLOAT_FILE
+
+
+# -- validating a manifest against bundle.schema.json ---------------------------------------
+
+
+@cache
+def _validator():  # noqa: ANN202 - jsonschema.protocols.Validator
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def schema_error(manifest: object) -> tuple[str, str] | None:
+    """The most relevant place ``manifest`` breaks bundle.schema.json: (key path such as
+    ``outputs[0].scale``, jsonschema's message), or None."""
+    from jsonschema.exceptions import best_match
+
+    err = best_match(_validator().iter_errors(manifest))
+    if err is None:
+        return None
+    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in err.absolute_path)
+    message = err.message if len(err.message) <= 120 else err.message[:117] + "..."
+    return path.lstrip("."), message
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """True for a relative POSIX path that stays inside ``root`` (links resolved too)."""
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or "\\" in rel or ".." in p.parts:
+        return False
+    base = root.resolve()
+    return (base / p).resolve().is_relative_to(base)
+
+
+def _check_semantics(root: Path, mpath: Path, m: dict) -> None:
+    """What the schema cannot say: the runtime, the format, the model file's name and place,
+    the files whose hashes must be checked, image tensors' rank."""
+    from edgeres.targets import RUNTIME_FORMATS
+
+    def bad(key: str, problem: str) -> UserError:
+        return UserError(f"{mpath}: '{key}' {problem}; {REBUILD}")
+
+    for key in ("runtime", "format"):
+        if key not in m:
+            raise bad(key, "is missing")
+    runtime, fmt, model_file = m["runtime"], m["format"], m["model_file"]
+    if runtime not in RUNTIME_FORMATS:
+        raise bad("runtime", f"is {_show(runtime)}, not one of {', '.join(RUNTIME_FORMATS)}")
+    for rel, key in [(model_file, "model_file")] + [(r, "files") for r in m["files"]]:
+        if not _inside(root, rel):
+            raise bad(key, f"names '{rel}', which is not a path inside the bundle (relative, "
+                      "no '..')")
+    if PurePosixPath(model_file).suffix != FORMAT_SUFFIX[fmt]:
+        raise bad("model_file", f"is '{model_file}', but 'format' {fmt} needs a "
+                  f"{FORMAT_SUFFIX[fmt]} file")
+    if fmt not in RUNTIME_FORMATS[runtime]:
+        raise bad("format", f"is {fmt}, which runtime {runtime} does not load (it loads "
+                  f"{', '.join(RUNTIME_FORMATS[runtime])})")
+    for rel in (model_file, FLOAT_FILE):
+        if rel not in m["files"]:
+            raise bad("files", f"does not list '{rel}', so its sha256 cannot be checked")
+    for group in ("inputs", "outputs"):
+        for i, e in enumerate(m[group]):
+            shape = e["shape"]
+            if e.get("layout") in ("NHWC", "NCHW") and (
+                len(shape) != 4 or not all(type(d) is int and d > 0 for d in shape[1:])
+            ):
+                raise bad(f"{group}[{i}].shape", f"is {_show(shape)}, but layout "
+                          f"{e['layout']} needs 4 dimensions, the last 3 positive integers")
+
+
+def _model_io(path: Path) -> tuple[list[tuple[list[int | None], str]], ...]:
+    """(shape, dtype) of each input and output as the model file itself declares them;
+    None for a dimension it leaves open."""
+    if path.suffix == ".tflite":
+        from edgeres.export.tflite import tflite_io_details
+
+        return tuple([([int(d) for d in t.shape], t.dtype) for t in ts]
+                     for ts in tflite_io_details(path))
+    import onnx
+
+    try:
+        g = onnx.load(path, load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - protobuf raises untyped decode errors
+        raise UserError(f"'{path}' is not a readable ONNX model ({exc}); {REBUILD}") from exc
+    inits = {t.name for t in g.initializer}
+
+    def describe(v: onnx.ValueInfoProto) -> tuple[list[int | None], str]:
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in tt.shape.dim]
+        return dims, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+
+    return ([describe(v) for v in g.input if v.name not in inits],
+            [describe(v) for v in g.output])
+
+
+def _check_model_io(bundle: Bundle, mpath: Path) -> None:
+    """The manifest's tensors are the model file's: same count, rank, fixed sizes, dtype."""
+    name = bundle.manifest["model_file"]
+    for group, actual in zip(("inputs", "outputs"), _model_io(bundle.model_file), strict=True):
+        entries = bundle.manifest[group]
+        if len(entries) != len(actual):
+            raise UserError(f"{mpath}: '{group}' lists {len(entries)} tensors but {name} has "
+                            f"{len(actual)}; {REBUILD}")
+        for i, (e, (shape, dtype)) in enumerate(zip(entries, actual, strict=True)):
+            fits = len(e["shape"]) == len(shape) and all(
+                d is None or d == s for s, d in zip(e["shape"], shape, strict=True))
+            if not fits:
+                shown = [-1 if d is None else d for d in shape]
+                raise UserError(f"{mpath}: '{group}[{i}].shape' is {_show(e['shape'])}, but "
+                                f"{name} has {shown}; {REBUILD}")
+            if e["dtype"] != dtype:
+                raise UserError(f"{mpath}: '{group}[{i}].dtype' is {e['dtype']}, but {name} "
+                                f"has {dtype}; {REBUILD}")
 
 
 def load_bundle(root: Path, verify: bool = True) -> Bundle:
-    """Read ``root/manifest.json`` and check every listed file exists with its sha256."""
+    """Read ``root/manifest.json``, validate it (bundle.schema.json and what the code relies
+    on), and with ``verify`` check every listed file's sha256 and the model file's tensors."""
     root = Path(root)
     mpath = root / MANIFEST
     if not root.exists():
@@ -122,14 +294,19 @@ def load_bundle(root: Path, verify: bool = True) -> Bundle:
     if not mpath.is_file():
         raise UserError(f"'{root}' is not a bundle: {MANIFEST} is missing")
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{mpath}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise UserError(f"{mpath}: the manifest must be a JSON object, not {_show(manifest)}; "
+                        f"{REBUILD}")
     if manifest.get("schema") != SCHEMA:
         raise UserError(f"{mpath}: schema '{manifest.get('schema')}' is not '{SCHEMA}'")
-    for key in ("files", "inputs", "outputs", "model_file", "target"):
-        if key not in manifest:
-            raise UserError(f"{mpath}: required field '{key}' is missing")
+    if err := schema_error(manifest):
+        where = f"'{err[0]}': " if err[0] else ""
+        raise UserError(f"{mpath}: {where}{err[1]} (bundle.schema.json); {REBUILD}")
+    _check_semantics(root, mpath, manifest)
+    bundle = Bundle(root, manifest)
     if verify:
         for rel, digest in manifest["files"].items():
             path = root / rel
@@ -141,6 +318,7 @@ def load_bundle(root: Path, verify: bool = True) -> Bundle:
             if actual != digest:
                 raise UserError(
                     f"bundle file '{rel}' was altered: sha256 {actual[:12]}... does not match the "
-                    f"manifest's {digest[:12]}...; rebuild the bundle with `edgeres convert`"
+                    f"manifest's {digest[:12]}...; {REBUILD}"
                 )
-    return Bundle(root, manifest)
+        _check_model_io(bundle, mpath)
+    return bundle

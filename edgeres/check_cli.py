@@ -9,17 +9,65 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeres.bundle import load_bundle
-from edgeres.check import check_golden, evaluate, layer_report, missing_channel_scales
+from edgeres.check import (
+    RUNTIMES,
+    check_golden,
+    evaluate,
+    golden_tolerance,
+    layer_report,
+    missing_channel_scales,
+)
 from edgeres.data.preprocess import Preprocess
 from edgeres.errors import UserError
 
 
-def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -> dict:
-    """Verify hashes, golden vectors, float agreement and the per-layer SQNR."""
+def check_options(runtime: str | None, data: str | None, min_agreement: float | None,
+                  max_drop: float | None) -> None:
+    """The options' own mistakes, before any work (same ranges as convert's floors)."""
+    if runtime is not None and runtime not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {' | '.join(RUNTIMES)}, got '{runtime}'")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 100.0:
+        raise UserError(f"--min-agreement is a percentage in [0, 100], got {min_agreement}")
+    if max_drop is not None and max_drop < 0:
+        raise UserError(f"--max-drop is the largest top-1 loss in points allowed, >= 0; "
+                        f"got {max_drop}")
+    if max_drop is not None and not data:
+        raise UserError("--max-drop needs labelled data: pass --data SPEC (the golden inputs "
+                        "have no labels)")
+
+
+def failures(report: dict, min_agreement: float | None, max_drop: float | None) -> list[str]:
+    """Why the bundle fails the check (exit 1), one phrase each: golden outputs beyond their
+    tolerance, agreement below --min-agreement, a top-1 drop above --max-drop."""
+    out = []
+    diff, tol = report["golden_max_code_diff"], report["golden_tolerance"]
+    if diff > tol:
+        out.append(f"golden vectors differ by up to {diff:.0f} codes (tolerance {tol}): the "
+                   "model on this runtime, as the manifest quantizes its inputs, does not give "
+                   "the bundle's golden outputs; rebuild the bundle with `edgeres convert`")
+    a = report["agreement"]
+    if min_agreement is not None and a["top1_agreement"] < min_agreement:
+        note = (f" (expected at this noise level: {a['expected_agreement']:.1f} +- "
+                f"{a['agreement_sd']:.1f}%)" if a.get("expected_agreement") is not None else "")
+        out.append(f"top-1 agreement {a['top1_agreement']:.2f}% is below --min-agreement "
+                   f"{min_agreement}%{note}")
+    if max_drop is not None:
+        drop = a["float_top1"] - a["quant_top1"]
+        if drop > max_drop:
+            out.append(f"accuracy drop {drop:.2f} points exceeds --max-drop {max_drop}")
+    return out
+
+
+def run_check(root: Path, runtime: str | None, data: str | None, layers: bool,
+              min_agreement: float | None = None, max_drop: float | None = None) -> dict:
+    """Verify hashes, golden vectors, float agreement and the per-layer SQNR. ``failed`` lists
+    what misses a tolerance or a stated floor (the CLI prints the report, then exits 1)."""
+    check_options(runtime, data, min_agreement, max_drop)
     bundle = load_bundle(root)
     m = bundle.manifest
     report: dict = {"bundle": str(root), "model": m["model"], "target": m["target"], "hashes": "ok"}
     report["golden_max_code_diff"] = check_golden(bundle, runtime)
+    report["golden_tolerance"] = golden_tolerance(bundle, runtime)
     entry = m["inputs"][0]
     if data:
         from edgeres.data.specs import load_spec
@@ -30,6 +78,8 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
         ds = load_spec(data, pre, chans, size)
         x = ds.x.numpy().astype(np.float32)
         y = ds.y.numpy() if ds.y is not None else None
+        if max_drop is not None and y is None:
+            raise UserError(f"--max-drop needs labelled data, and '{data}' has no labels")
         centre = ds.centre
         report["data"] = ds.name
     else:
@@ -47,6 +97,7 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool) -
                             "predates golden/channel_scales.npz; convert it again"}
     elif layers:
         report["layers"] = layer_report(bundle, x).to_json()
+    report["failed"] = failures(report, min_agreement, max_drop)
     return report
 
 
@@ -56,7 +107,9 @@ def print_check(report: dict, console: Console) -> None:
     t.add_column("what")
     t.add_column("value")
     t.add_row("hashes", report["hashes"])
-    t.add_row("golden vectors", f"max code difference {report['golden_max_code_diff']:.0f}")
+    diff, tol = report["golden_max_code_diff"], report["golden_tolerance"]
+    t.add_row("golden vectors", f"max code difference {diff:.0f} (tolerance {tol})"
+              + ("" if diff <= tol else ": FAIL"))
     t.add_row("data", f"{report['data']} ({a['samples']} samples)")
     t.add_row("top-1 agreement with float", f"{a['top1_agreement']:.2f} %")
     if a.get("expected_agreement") is not None:

@@ -359,18 +359,27 @@ def check(
     ] = None,
     data: Annotated[str | None, typer.Option(help="data spec (default: the bundle's)")] = None,
     layers: Annotated[bool, typer.Option(help="per-layer float-vs-int debugger")] = True,
+    min_agreement: Annotated[float | None, typer.Option(help="fail (exit 1) below this %")] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="fail (exit 1) above this drop (needs labelled --data)")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-check a bundle: hashes, golden vectors, agreement with float.onnx, per-layer SQNR."""
+    """Re-check a bundle: hashes, golden vectors, agreement with float.onnx, per-layer SQNR.
+
+    Exits 1 (after printing) when the golden outputs differ beyond their tolerance or a floor
+    is missed."""
     from edgeres.check_cli import run_check
 
-    report = run_check(bundle, runtime, data, layers)
+    report = run_check(bundle, runtime, data, layers, min_agreement, max_drop)
     if as_json:
         print(json.dumps(report, sort_keys=True))
     else:
         from edgeres.check_cli import print_check
 
         print_check(report, out)
+    if report["failed"]:
+        raise AccuracyFloorError("; ".join(report["failed"]))
 
 
 @app.command()
@@ -378,19 +387,18 @@ def bench(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     threads: Annotated[str, typer.Option(help="comma-separated thread counts")] = "1,2",
     runs: Annotated[int, typer.Option(help="timed runs per setting")] = 50,
+    target: Annotated[str | None, typer.Option(
+        "--target", "-t", help="target name or .toml profile (default: the bundle's target)")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Measure latency, memory and size of a bundle's model on its target's runtime."""
     from edgeres.bundle import load_bundle
-    from edgeres.harness.local import bench_local
-    from edgeres.targets import load_target
+    from edgeres.harness.local import bench_local, bundle_target, parse_threads
 
+    thr = parse_threads(threads)  # cheap checks first
     b = load_bundle(bundle)
-    t = load_target(b.manifest["target"])
-    try:
-        thr = tuple(int(v) for v in threads.split(","))
-    except ValueError as exc:
-        raise UserError(f"--threads must be comma-separated integers, got '{threads}'") from exc
+    t = bundle_target(b, target)
     res = bench_local(b.model_file, t, threads=thr, runs=runs)
     if as_json:
         print(json.dumps(res.to_json(), sort_keys=True))

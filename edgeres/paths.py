@@ -1,5 +1,5 @@
-"""Output paths checked before the work: a bad ``--out`` must fail in a second, not after
-minutes of calibration or training.
+"""Output paths: checked before the work (a bad ``--out`` must fail in a second, not after
+minutes of calibration or training), and written with the modes any other tool would give.
 
 Permission bits cannot answer "can I write here?" (root passes ``os.access`` on /proc and on
 read-only mounts), so the nearest existing folder is probed by creating a file in it. Nothing
@@ -13,6 +13,26 @@ import tempfile
 from pathlib import Path
 
 from edgeres.errors import UserError
+
+
+def current_umask() -> int:
+    """The process umask. Linux reports it in /proc; elsewhere ``os.umask`` can only read it
+    by setting it for a moment (which files another thread creates then would get)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def ordinary_file_mode() -> int:
+    """0o666 less the umask: what a plain ``open`` would make (mkstemp makes 0600, and bundle
+    files, calibration sets and checkpoints are read by builds and other users)."""
+    return 0o666 & ~current_umask()
 
 
 def _probe_parent(path: Path, option: str) -> None:
@@ -45,3 +65,22 @@ def check_output_folder(path: Path, option: str) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} is a file, not a folder; pick another path")
     _probe_parent(path, option)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and os.replace: never a half-written file,
+    and an ordinary file's mode (not mkstemp's 0600)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), ordinary_file_mode())
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc

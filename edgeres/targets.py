@@ -13,7 +13,6 @@ False
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 import types
 from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
@@ -24,6 +23,7 @@ import tomli_w
 
 from edgeres.errors import UserError
 from edgeres.graph.ir import ACTIVATIONS, MAX_RANK, OPS
+from edgeres.paths import write_bytes_atomic
 from edgeres.qtypes import QSpec
 
 Family = Literal["cpu", "npu", "mcu"]
@@ -407,14 +407,7 @@ class Target:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the profile as TOML, atomically."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_toml())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, self.to_toml().encode("utf-8"))
         return path
 
 

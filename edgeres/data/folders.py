@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edgeres.data.preprocess import Preprocess
 from edgeres.errors import UserError
+from edgeres.paths import ordinary_file_mode
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -232,9 +233,7 @@ def save_npz(
                 np.lib.format.write_array(buf, arr, allow_pickle=False)
                 zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
                             buf.getvalue())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the data is an ordinary file
+        os.chmod(tmp, ordinary_file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,8 +16,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +30,7 @@ from edgeres.export.common import ExportInfo, FloatOp, TensorIO
 from edgeres.export.onnx_ops import SHAPE_OPS, OnnxBuilder, ParamFn, batch_is_free, emit_node
 from edgeres.export.onnx_uint8 import weights_as_uint8
 from edgeres.graph.ir import Graph, Node
+from edgeres.paths import write_bytes_atomic
 from edgeres.qtypes import QParams
 from edgeres.quant.qmodel import QModel
 
@@ -283,23 +282,6 @@ def _version() -> str:
         return "0"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename over ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UserError(f"cannot write ONNX file '{path}': {exc.strerror or exc}") from exc
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle file must be readable by builds
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write ONNX file '{path}': {exc.strerror or exc}") from exc
-
-
 def _build(model: QModel | Graph, opset: int, io: str) -> tuple[onnx.ModelProto, _Exporter]:
     """The checked ModelProto and the exporter that knows its I/O and float islands."""
     if io not in ("float", "int"):
@@ -342,7 +324,7 @@ def export_onnx(model: QModel | Graph, path: Path, opset: int = 21,
     if uint8_weights and weights_as_uint8(proto):
         onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString(deterministic=True)
-    _write_atomic(path, data)
+    write_bytes_atomic(path, data)
     counts = Counter(n.op_type for n in proto.graph.node)
     inputs, outputs = exporter.io_records()
     return ExportInfo(

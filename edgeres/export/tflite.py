@@ -19,8 +19,6 @@ in :attr:`ExportInfo.float_ops`.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +31,7 @@ from edgeres.export.tflite_acts import LUT_ACTS
 from edgeres.export.tflite_builder import ModelBuilder, op_name, type_name
 from edgeres.export.tflite_ops import LOWERINGS, float_reason
 from edgeres.export.tflite_values import F, Q, Values, io_layout
+from edgeres.paths import write_bytes_atomic
 from edgeres.quant.qmodel import QModel
 
 IODtype = Literal["int8", "float32"]
@@ -109,23 +108,6 @@ def build_tflite(
     return b.finish(inputs, outputs), float_ops
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and os.replace: never a half-written file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc
-
-
 def export_tflite(
     qmodel: QModel, path: Path, io_dtype: IODtype = "int8", *, lut_activations: bool | None = None
 ) -> ExportInfo:
@@ -143,7 +125,7 @@ def export_tflite(
     """
     data, float_ops = build_tflite(qmodel, io_dtype, lut_activations=lut_activations)
     path = Path(path)
-    write_atomic(path, data)
+    write_bytes_atomic(path, data)
     ins, outs = tflite_io_details(data)
     model = fb.ModelT.InitFromPackedBuf(data, 0)
     g = model.subgraphs[0]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeres.bundle import Bundle
 from edgeres.errors import UserError
 from edgeres.export.tflite import tflite_io_details
 from edgeres.harness.result import BenchResult, LatencyStats, VelaEstimate, check_budget
@@ -44,7 +45,7 @@ from edgeres.harness.runner_io import (
     runner_path,
     sha256_file,
 )
-from edgeres.targets import RUNTIME_FORMATS, Target
+from edgeres.targets import RUNTIME_FORMATS, Target, load_target, target_names
 
 SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite"}
 TFLM_HOST_NOTE = (
@@ -68,15 +69,53 @@ def bench_local(
     and Vela are single-threaded or not timed. ``timeout_s`` bounds each measurement.
     """
     model = _check_model(Path(model), target)
-    threads = tuple(dict.fromkeys(threads))  # each count once, in the order given
-    if not threads or not all(isinstance(t, int) and t >= 1 for t in threads):
-        raise UserError(f"thread counts must be positive integers, got {threads}")
+    threads = check_threads(tuple(dict.fromkeys(threads)))  # each count once, in given order
     with status(progress, f"benchmarking {model.name} on {target.runtime} ({target.name})"):
         if target.runtime in ("onnxruntime", "litert-xnnpack", "litert-ref"):
             return _bench_runner(model, target, threads, warmup, runs, timeout_s)
         if target.runtime == "tflm":
             return _bench_tflm(model, target, warmup, runs)
         return _bench_vela(model, target, timeout_s)
+
+
+def max_threads() -> int:
+    """The most threads a benchmark may ask for: 4 per CPU here. Far more is a typo, and the
+    runtimes crash on it (LiteRT: a segfault at 100000) instead of saying so."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: tuple[int, ...]) -> tuple[int, ...]:
+    """``threads`` if every count is in 1..:func:`max_threads`, else a one-line UserError."""
+    if not threads or not all(isinstance(t, int) and not isinstance(t, bool) for t in threads):
+        raise UserError(f"--threads must be comma-separated whole numbers, got {threads}")
+    limit = max_threads()
+    for t in threads:
+        if not 1 <= t <= limit:
+            raise UserError(f"--threads {t} is out of range: use 1 to {limit} (4 x this "
+                            f"machine's {os.cpu_count() or 1} CPUs)")
+    return threads
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    """``--threads 1,2,4`` as a checked tuple."""
+    try:
+        threads = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--threads must be comma-separated whole numbers, got '{text}'") from None
+    return check_threads(threads)
+
+
+def bundle_target(bundle: Bundle, override: str | None = None) -> Target:
+    """The target to benchmark ``bundle`` for: ``override`` (a name or a .toml path), else the
+    manifest's, which must then be a built-in profile: a custom profile's file is not in the
+    bundle, so its name alone cannot be loaded."""
+    if override:
+        return load_target(override)
+    name = bundle.manifest["target"]
+    if name not in target_names():
+        raise UserError(f"{bundle.root / 'manifest.json'}: target '{name}' is not a built-in "
+                        "profile (a custom .toml?): pass its profile with --target PATH")
+    return load_target(name)
 
 
 def _check_model(model: Path, target: Target) -> Path:

@@ -6,14 +6,14 @@ and atomically, so a bundle that embeds it stays byte-stable when the numbers ar
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.table import Table
 
 from edgeres.harness.result import BenchResult
+from edgeres.paths import write_bytes_atomic
 
 
 def _bytes(n: int | None) -> str:
@@ -111,15 +111,9 @@ def plot_latency_vs_threads(results: Sequence[BenchResult], path: Path) -> Path:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", metadata={"Software": None})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        png = io.BytesIO()
+        fig.savefig(png, format="png", metadata={"Software": None})
+        write_bytes_atomic(path, png.getvalue())
     finally:
         plt.close(fig)
     return path

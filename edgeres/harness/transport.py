@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from edgeres.errors import UserError
+from edgeres.paths import write_bytes_atomic
 
 COPY_TIMEOUT_S = 120.0
 
@@ -211,7 +212,7 @@ class SSHTransport(_Base):
         if rc != 0:
             raise UserError(f"{self.name}: cannot read {remote}: "
                             f"{_tail(err.decode(errors='replace'))}")
-        _write_atomic(Path(local), out)
+        write_bytes_atomic(Path(local), out)
 
 
 def _explain_ssh(stderr: str) -> str:
@@ -231,18 +232,6 @@ def _explain_ssh(stderr: str) -> str:
         if needle in low:
             return f"{_tail(stderr, 1)} ({hint})"
     return _tail(stderr)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # adb's own failures (as opposed to a failing command on the phone).

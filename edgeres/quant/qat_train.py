@@ -56,6 +56,7 @@ from edgeres.data.specs import DataSet, subset_indices
 from edgeres.errors import UserError
 from edgeres.graph.capture import capture
 from edgeres.graph.ir import OPS, Graph
+from edgeres.paths import ordinary_file_mode
 from edgeres.quant.plan import make_plan
 from edgeres.quant.ptq import quantize_graph
 from edgeres.quant.qat import QATNet, qat_to_qmodel, scale_gradients
@@ -293,9 +294,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
+        os.chmod(tmp, ordinary_file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

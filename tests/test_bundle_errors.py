@@ -1,0 +1,312 @@
+"""Bundles under user mistakes and tampering: nothing lost, one-line errors, check that fails.
+
+One bundle for the module, converted with a custom target profile (arm-cpu-tflite under
+another name) under umask 022, and copied where a test needs to break it.
+"""
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeres.bundle import (
+    MANIFEST,
+    SCHEMA_FILE,
+    check_replaceable,
+    load_bundle,
+    staged_bundle,
+    write_manifest,
+)
+from edgeres.cli import main
+from edgeres.errors import UserError
+from edgeres.harness.local import bench_local, max_threads
+from edgeres.targets import load_target, targets_dir
+from edgeres.zoo import create_model
+from edgeres.zoo.models import SHIPPED
+
+SMALL = ["--calib", "fmnist:train@32", "--eval", "fmnist:test@64", "--no-bench"]
+REBUILD = "rebuild the bundle with `edgeres convert`"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    """The shipped FMNIST weights, or random ones while they are not trained yet."""
+    shipped = SHIPPED / "mobilenet_v2_fmnist.pth"
+    if shipped.is_file():
+        return str(shipped)
+    path = tmp_path_factory.mktemp("w") / "mnv2.pth"
+    torch.save(create_model("mobilenet_v2_fmnist").state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory) -> Path:
+    """arm-cpu-tflite saved as a custom profile named my-custom, outside targets/."""
+    text = (targets_dir() / "arm-cpu-tflite.toml").read_text()
+    assert 'name = "arm-cpu-tflite"' in text
+    path = tmp_path_factory.mktemp("profile") / "my.toml"
+    path.write_text(text.replace('name = "arm-cpu-tflite"', 'name = "my-custom"', 1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, weights, profile) -> Path:
+    out = tmp_path_factory.mktemp("b") / "mnv2"
+    old = os.umask(0o022)
+    try:
+        rc = main(["convert", "mobilenet_v2_fmnist", "-t", str(profile), "--weights", weights,
+                   "--out", str(out), *SMALL])
+    finally:
+        os.umask(old)
+    assert rc == 0
+    return out
+
+
+def one_line(capsys) -> str:
+    """stderr of the last command: exactly one line, no traceback."""
+    err = capsys.readouterr().err.strip()
+    lines = [ln for ln in err.splitlines() if not ln.startswith("INFO: ")]  # LiteRT's own
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def edited(bundle: Path, dest: Path, edit: Callable[[dict], object]) -> Path:
+    """A copy of ``bundle`` whose manifest.json ``edit`` changed (a return value replaces it).
+    manifest.json is not hashed, so every other file still verifies."""
+    shutil.copytree(bundle, dest)
+    m = json.loads((dest / MANIFEST).read_text())
+    got = edit(m)
+    (dest / MANIFEST).write_text(json.dumps(m if got is None else got))
+    return dest
+
+
+# -- 1. --out never replaces a folder that is not wholly an edgeres bundle -------------------
+
+
+def test_folder_with_a_stray_manifest_survives(weights, tmp_path, capsys) -> None:
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / MANIFEST).write_text('{"name": "x"}')
+    (w / "index.html").write_text("hi")
+    assert main(["convert", "--weights", weights, "--out", str(w), *SMALL]) == 2
+    assert "'" + str(w) + "' exists and is not an edgeres bundle" in one_line(capsys)
+    assert (w / "index.html").read_text() == "hi" and (w / MANIFEST).read_text() == '{"name": "x"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["w"]  # no staging folder left
+
+
+def test_bundle_with_an_unlisted_file_survives(bundle, weights, tmp_path, capsys) -> None:
+    mine = tmp_path / "mine"
+    shutil.copytree(bundle, mine)
+    check_replaceable(mine)  # an untouched bundle may be replaced
+    (mine / "qat").mkdir()
+    (mine / "qat" / "last.pt").write_text("three days of QAT")
+    assert main(["convert", "--weights", weights, "--out", str(mine), *SMALL]) == 2
+    msg = one_line(capsys)
+    assert "holds 'qat/last.pt'" in msg and "pass another --out or move that file" in msg
+    assert (mine / "qat" / "last.pt").read_text() == "three days of QAT"
+    m = json.loads((mine / MANIFEST).read_text())
+    for bad in ([], {**m, "schema": "edgeres.bundle/0"}, {**m, "files": list(m["files"])}):
+        (mine / MANIFEST).write_text(json.dumps(bad))
+        with pytest.raises(UserError, match="is not an edgeres bundle"):
+            check_replaceable(mine)
+
+
+def test_file_dropped_during_the_convert_survives(bundle, tmp_path) -> None:
+    """The check runs again right before the rename."""
+    out = tmp_path / "out"
+    shutil.copytree(bundle, out)
+    with pytest.raises(UserError, match="holds 'notes.txt'"), staged_bundle(out) as stage:
+        (stage / "model.tflite").write_bytes(b"new")
+        write_manifest(stage, {})
+        (out / "notes.txt").write_text("written meanwhile")
+    assert (out / "notes.txt").is_file() and (out / "model.tflite").read_bytes() == (
+        bundle / "model.tflite").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# -- 2. check fails (exit 1) on golden vectors beyond tolerance and on its floors ------------
+
+
+def test_check_passes_a_good_bundle(bundle, capsys) -> None:
+    assert main(["check", str(bundle), "--no-layers", "--json", "--min-agreement", "100",
+                 "--data", "fmnist:test@64", "--max-drop", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] == [] and report["golden_max_code_diff"] <= report["golden_tolerance"]
+    assert report["golden_tolerance"] == 1
+
+
+def test_check_fails_on_a_tampered_scale(bundle, tmp_path, capsys) -> None:
+    def triple_input_scale(m: dict) -> None:
+        m["inputs"][0]["scale"] *= 3
+
+    bad = edited(bundle, tmp_path / "bad", triple_input_scale)
+    assert main(["check", str(bad), "--no-layers"]) == 1
+    captured = capsys.readouterr()
+    assert "golden vectors" in captured.out and "FAIL" in captured.out  # the table first
+    err = [ln for ln in captured.err.strip().splitlines() if not ln.startswith("INFO: ")]
+    assert len(err) == 1 and err[0].startswith("edgeres: golden vectors differ by up to ")
+    assert "(tolerance 1)" in err[0] and REBUILD in err[0]
+
+    # another runtime gets the looser tolerance, and the floors add their own reasons
+    assert main(["check", str(bad), "--no-layers", "--json", "--runtime", "litert-ref",
+                 "--data", "fmnist:test@64", "--min-agreement", "90", "--max-drop", "5"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["golden_tolerance"] == 4 and report["golden_max_code_diff"] > 4
+    failed = report["failed"]
+    assert len(failed) == 3 and "golden vectors" in failed[0]
+    assert "is below --min-agreement 90.0%" in failed[1] and "exceeds --max-drop 5.0" in failed[2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--min-agreement", "150"], "--min-agreement is a percentage in [0, 100], got 150.0"),
+    (["--max-drop", "-1"], "--max-drop is the largest top-1 loss"),
+    (["--max-drop", "1"], "--max-drop needs labelled data: pass --data SPEC"),
+    (["--runtime", "tpu"], "--runtime must be one of"),
+])
+def test_check_options_are_checked_first(bundle, argv, message, capsys) -> None:
+    assert main(["check", str(bundle), *argv]) == 2
+    assert message in one_line(capsys)
+
+
+# -- 3. malformed manifests: one line naming manifest.json and the key -----------------------
+
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    return lambda m: m.__setitem__(key, value)
+
+
+def _drop(*path: str) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        for key in path[:-1]:
+            m = m[key]
+        del m[path[-1]]
+
+    return edit
+
+
+BROKEN = [  # (edit, the key named, what the message says, found by bundle.schema.json)
+    (lambda m: [], None, "the manifest must be a JSON object, not []", True),
+    (_set("files", ["model.tflite"]), "files", "is not of type 'object'", True),
+    (_drop("runtime"), "runtime", "is missing", False),
+    (_set("runtime", "tpu"), "runtime", 'is "tpu", not one of onnxruntime', False),
+    (_set("model_file", None), "model_file", "None is not of type 'string'", True),
+    (_set("inputs", []), "inputs", "[] should be non-empty", True),
+    (lambda m: m["outputs"][0].update(scale="x"), "outputs[0].scale",
+     "'x' is not of type 'number', 'null'", True),
+    (lambda m: m["outputs"][0].update(scale=0), "outputs[0].scale",
+     "less than or equal to the minimum of 0", True),
+    (_drop("metrics"), None, "'metrics' is a required property", True),
+    (lambda m: m["inputs"][0].update(dtype="int7"), "inputs[0].dtype", "is not one of", True),
+    (_set("files", {}), "files", "does not list 'model.tflite'", False),
+    (_drop("files", "float.onnx"), "files", "does not list 'float.onnx'", False),
+    (_set("model_file", "/etc/passwd"), "model_file", "not a path inside the bundle", False),
+    (_set("model_file", "../mnv2/model.tflite"), "model_file", "not a path inside", False),
+    (lambda m: m["files"].update({"../x": "0" * 64}), "files", "not a path inside", False),
+    (_set("format", "onnx"), "model_file", "'format' onnx needs a .onnx file", False),
+    (_set("format", "c"), "format", "which runtime litert-xnnpack does not load", False),
+    (lambda m: m["inputs"][0].update(shape=[1, 28, 28]), "inputs[0].shape",
+     "layout NHWC needs 4 dimensions", False),
+    (lambda m: m["inputs"][0].update(shape=[1, 32, 32, 3]), "inputs[0].shape",
+     "but model.tflite has [1, 28, 28, 1]", False),
+    (lambda m: m["outputs"][0].update(dtype="uint8"), "outputs[0].dtype",
+     "but model.tflite has int8", False),
+]
+
+
+@pytest.mark.parametrize("edit, key, message, schema", BROKEN,
+                         ids=[f"{i}-{b[1]}" for i, b in enumerate(BROKEN)])
+def test_broken_manifest_is_one_line(bundle, tmp_path, capsys, edit, key, message,
+                                     schema) -> None:
+    bad = edited(bundle, tmp_path / "bad", edit)
+    assert main(["check", str(bad), "--no-layers"]) == 2
+    line = one_line(capsys)
+    named = f"'{key}': " if schema else f"'{key}' "  # schema messages are jsonschema's
+    where = f"{bad / MANIFEST}: " + ("" if key is None else named)
+    assert line.startswith(f"edgeres: error: {where}") and message in line, line
+    assert line.endswith(REBUILD), line
+
+
+def test_model_file_linked_outside_the_bundle(bundle, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    shutil.move(bad / "model.tflite", tmp_path / "elsewhere.tflite")
+    (bad / "model.tflite").symlink_to(tmp_path / "elsewhere.tflite")  # same bytes, same hash
+    assert main(["check", str(bad), "--no-layers"]) == 2
+    assert "'model_file' names 'model.tflite', which is not a path inside" in one_line(capsys)
+
+
+def test_written_bundles_validate(bundle) -> None:
+    import jsonschema
+
+    m = load_bundle(bundle).manifest
+    jsonschema.validate(m, json.loads(SCHEMA_FILE.read_text()))
+    assert m["target"] == "my-custom" and m["runtime"] == "litert-xnnpack"
+
+
+# -- 4. permissions ------------------------------------------------------------------------
+
+
+def test_bundle_is_readable_by_others(bundle) -> None:
+    """Converted under umask 022: folders 0755, files 0644 (not mkdtemp/mkstemp's 0700/0600)."""
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o755
+    paths = [bundle, *bundle.rglob("*")]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_dir()} == {0o755}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_file()} == {0o644}
+    assert (bundle / "model.tflite") in paths
+
+
+def test_tflite_write_follows_the_umask(tmp_path) -> None:
+    from edgeres.paths import write_bytes_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_bytes_atomic(tmp_path / "m.tflite", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.tflite").stat().st_mode) == 0o640
+
+
+# -- 5. bench --target: a bundle converted with a custom profile -----------------------------
+
+
+def test_bench_a_custom_target_bundle(bundle, profile, capsys) -> None:
+    assert main(["bench", str(bundle), "--threads", "1", "--runs", "3"]) == 2
+    msg = one_line(capsys)
+    assert "target 'my-custom' is not a built-in profile" in msg and "--target PATH" in msg
+    assert main(["bench", str(bundle), "--threads", "1", "--runs", "3", "--json",
+                 "--target", str(profile)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["target"] == "my-custom" and [r["threads"] for r in res["latency"]] == [1]
+    assert main(["bench", str(bundle), "--threads", "1", "--runs", "3", "--json",
+                 "--target", "arm-cpu-tflite"]) == 0
+    assert json.loads(capsys.readouterr().out)["target"] == "arm-cpu-tflite"
+    assert main(["bench", str(bundle), "--target", "gpu-9000"]) == 2
+    assert "unknown target 'gpu-9000'" in one_line(capsys)
+
+
+# -- 6. thread counts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads, message", [
+    ("100000", f"--threads 100000 is out of range: use 1 to {max_threads()}"),
+    ("1,0", "--threads 0 is out of range"),
+    ("1,two", "--threads must be comma-separated whole numbers, got '1,two'"),
+])
+def test_bench_threads_are_bounded(bundle, profile, threads, message, capsys) -> None:
+    assert main(["bench", str(bundle), "--target", str(profile), "--threads", threads]) == 2
+    assert message in one_line(capsys)
+
+
+def test_bench_local_bounds_threads_before_running(bundle, monkeypatch) -> None:
+    def no_runner(*a, **k):
+        raise AssertionError("the runner must not start")
+
+    monkeypatch.setattr("edgeres.harness.local.subprocess.run", no_runner)
+    with pytest.raises(UserError, match="out of range"):
+        bench_local(bundle / "model.tflite", load_target("arm-cpu-tflite"),
+                    threads=(max_threads() + 1,))
