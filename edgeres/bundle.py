@@ -105,9 +105,19 @@ def _publish_modes(stage: Path) -> None:
                 os.chmod(path, 0o666 & ~umask)
 
 
+@dataclass
+class Staging:
+    """A bundle being written: files go in ``path``; on success it is renamed to ``dest``,
+    which the writer may change until then (a bundle that misses its gate goes aside)."""
+
+    path: Path
+    dest: Path
+
+
 @contextmanager
-def staged_bundle(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``out_dir`` in one rename.
+def staged_bundle(out_dir: Path) -> Iterator[Staging]:
+    """Yield an empty staging folder; on success it replaces ``staging.dest`` (``out_dir``
+    unless changed) in one rename.
 
     The old bundle is moved aside first and deleted only after the new one is in place.
     """
@@ -117,15 +127,16 @@ def staged_bundle(out_dir: Path) -> Iterator[Path]:
         stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     except OSError as exc:
         raise UserError(f"cannot write the bundle to '{out_dir}': {exc.strerror or exc}") from exc
+    staging = Staging(stage, out_dir)
     try:
-        yield stage
+        yield staging
         _publish_modes(stage)
-        old = None
-        if out_dir.exists():
-            check_replaceable(out_dir)
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "bundle")
-        os.replace(stage, out_dir)
+        dest, old = staging.dest, None
+        if dest.exists():
+            check_replaceable(dest)
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, old / "bundle")
+        os.replace(stage, dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

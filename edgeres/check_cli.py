@@ -13,6 +13,7 @@ from edgeres.check import (
     RUNTIMES,
     check_golden,
     evaluate,
+    floor_failures,
     golden_tolerance,
     layer_report,
     missing_channel_scales,
@@ -45,17 +46,7 @@ def failures(report: dict, min_agreement: float | None, max_drop: float | None) 
         out.append(f"golden vectors differ by up to {diff:.0f} codes (tolerance {tol}): the "
                    "model on this runtime, as the manifest quantizes its inputs, does not give "
                    "the bundle's golden outputs; rebuild the bundle with `edgeres convert`")
-    a = report["agreement"]
-    if min_agreement is not None and a["top1_agreement"] < min_agreement:
-        note = (f" (expected at this noise level: {a['expected_agreement']:.1f} +- "
-                f"{a['agreement_sd']:.1f}%)" if a.get("expected_agreement") is not None else "")
-        out.append(f"top-1 agreement {a['top1_agreement']:.2f}% is below --min-agreement "
-                   f"{min_agreement}%{note}")
-    if max_drop is not None:
-        drop = a["float_top1"] - a["quant_top1"]
-        if drop > max_drop:
-            out.append(f"accuracy drop {drop:.2f} points exceeds --max-drop {max_drop}")
-    return out
+    return out + floor_failures(report["agreement"], min_agreement, max_drop)
 
 
 def run_check(root: Path, runtime: str | None, data: str | None, layers: bool,

@@ -28,7 +28,14 @@ from edgeres.bundle import (
     staged_bundle,
     write_manifest,
 )
-from edgeres.check import HOST_RUNTIME, encode_input, evaluate, run_model, sqnr_db
+from edgeres.check import (
+    HOST_RUNTIME,
+    encode_input,
+    evaluate,
+    floor_failures,
+    run_model,
+    sqnr_db,
+)
 from edgeres.config import PTQConfig, RExConfig
 from edgeres.convert_options import ConvertOptions
 from edgeres.data.preprocess import Preprocess
@@ -409,7 +416,8 @@ def convert(
     out = bundle_dir(opts, rm, target)
     x_eval = evalset.x.numpy().astype(np.float32)
     y_eval = evalset.y.numpy() if evalset.y is not None else None
-    with staged_bundle(out) as stage:
+    with staged_bundle(out) as staging:
+        stage = staging.path
         model_file, info = _export(qmodel, graph, target, stage)
         inputs, outputs = _io_entries(
             info, rm, pixels_note["pixel_offset"] if pixels_note else None)
@@ -461,6 +469,12 @@ def convert(
         manifest.update(
             metrics=metrics, ops=_ops(qmodel, target), edgeres_version=__version__, **extras
         )
+        failed = floor_failures(metrics, opts.min_agreement, opts.max_drop)
+        if opts.min_agreement is not None or opts.max_drop is not None:
+            manifest["gates"] = {"min_agreement": opts.min_agreement, "max_drop": opts.max_drop,
+                                 "passed": not failed, "failures": failed}
+        if failed:
+            staging.dest = rejected_dir(out)
         report = {
             "model": rm.name,
             "target": target.name,
@@ -490,34 +504,24 @@ def convert(
         write_report(stage, report)
         manifest = write_manifest(stage, manifest)
     timings["total_s"] = time.perf_counter() - t0
-    result = ConvertResult(out, manifest, report, timings=timings, qmodel=qmodel)
+    result = ConvertResult(staging.dest, manifest, report, timings=timings, qmodel=qmodel)
     if opts.bench:
         from edgeres.harness.local import bench_local
 
-        result.bench = bench_local(out / model_file, target, threads=opts.threads).to_json()
-    try:
-        _check_floors(opts, metrics)
-    except AccuracyFloorError as exc:
+        result.bench = bench_local(staging.dest / model_file, target,
+                                   threads=opts.threads).to_json()
+    if failed:
+        exc = AccuracyFloorError("; ".join(failed) + f": the bundle went to {staging.dest}, "
+                                 f"and {out} keeps what it held")
         exc.result = result  # type: ignore[attr-defined]  (the CLI still prints the summary)
-        raise
+        raise exc
     return result
 
 
-def _check_floors(opts: ConvertOptions, metrics: dict) -> None:
-    if opts.min_agreement is not None and metrics["top1_agreement"] < opts.min_agreement:
-        expected = metrics.get("expected_agreement")
-        note = (f" (expected at this noise level: {expected:.1f} +- "
-                f"{metrics['agreement_sd']:.1f}%)" if expected is not None else "")
-        raise AccuracyFloorError(
-            f"top-1 agreement {metrics['top1_agreement']:.2f}% is below --min-agreement "
-            f"{opts.min_agreement}%{note}"
-        )
-    if opts.max_drop is not None and metrics.get("float_top1") is not None:
-        drop = metrics["float_top1"] - metrics["quant_top1"]
-        if drop > opts.max_drop:
-            raise AccuracyFloorError(
-                f"accuracy drop {drop:.2f} points exceeds --max-drop {opts.max_drop}"
-            )
+def rejected_dir(out: Path) -> Path:
+    """Where a bundle that misses its gate goes: beside ``out``, which keeps what it held (a
+    build tool that sees ``out`` up to date must not ship the rejected model)."""
+    return out.with_name(out.name + ".rejected")
 
 
 def options_json(opts: ConvertOptions) -> dict:

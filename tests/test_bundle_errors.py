@@ -120,9 +120,9 @@ def test_file_dropped_during_the_convert_survives(bundle, tmp_path) -> None:
     """The check runs again right before the rename."""
     out = tmp_path / "out"
     shutil.copytree(bundle, out)
-    with pytest.raises(UserError, match="holds 'notes.txt'"), staged_bundle(out) as stage:
-        (stage / "model.tflite").write_bytes(b"new")
-        write_manifest(stage, {})
+    with pytest.raises(UserError, match="holds 'notes.txt'"), staged_bundle(out) as staging:
+        (staging.path / "model.tflite").write_bytes(b"new")
+        write_manifest(staging.path, {})
         (out / "notes.txt").write_text("written meanwhile")
     assert (out / "notes.txt").is_file() and (out / "model.tflite").read_bytes() == (
         bundle / "model.tflite").read_bytes()

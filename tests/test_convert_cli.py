@@ -236,7 +236,10 @@ def test_observer_sets_the_activation_ranges(weights, tmp_path, capsys) -> None:
     assert any(mm[t] > 1.01 * pct[t] for t in mm)
 
 
-def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
+def test_accuracy_floor_exit_1(weights, bundle, tmp_path, capsys) -> None:
+    """A missed floor exits 1 and sets the bundle aside: --out keeps the bundle it held."""
+    shutil.copytree(bundle, tmp_path / "f")
+    before = (tmp_path / "f" / "manifest.json").read_bytes()
     rc = main(
         [
             "convert",
@@ -266,6 +269,12 @@ def test_accuracy_floor_exit_1(weights, tmp_path, capsys) -> None:
     # the gate's message gives the expected agreement, the one in report.json
     assert f"expected at this noise level: {metrics['expected_agreement']:.1f}" in out.err
     assert 0 <= metrics["agreement_sd"] < 5
+    assert (tmp_path / "f" / "manifest.json").read_bytes() == before
+    rejected = load_bundle(tmp_path / "f.rejected")  # a whole bundle, hashes checked
+    assert metrics["bundle"] == str(tmp_path / "f.rejected") and "f.rejected" in out.err
+    gates = rejected.manifest["gates"]
+    assert gates["passed"] is False and gates["min_agreement"] == 100
+    assert gates["failures"][0].startswith("top-1 agreement") and gates["max_drop"] is None
 
 
 def test_version(capsys) -> None:

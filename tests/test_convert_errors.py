@@ -127,3 +127,13 @@ def test_labels_the_model_has_no_output_for_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="has label 50 .* the model has 10 classes"):
         convert(opts, progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_met_gate_is_recorded_in_the_manifest(tmp_path: Path) -> None:
+    from edgeres.bundle import load_bundle
+
+    result = convert(ConvertOptions(out=tmp_path / "b", min_agreement=50.0, **FAST),
+                     progress=False)
+    assert result.bundle == tmp_path / "b" and not (tmp_path / "b.rejected").exists()
+    gates = load_bundle(tmp_path / "b").manifest["gates"]
+    assert gates == {"min_agreement": 50.0, "max_drop": None, "passed": True, "failures": []}
