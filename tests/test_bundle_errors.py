@@ -310,3 +310,31 @@ def test_bench_local_bounds_threads_before_running(bundle, monkeypatch) -> None:
     with pytest.raises(UserError, match="out of range"):
         bench_local(bundle / "model.tflite", load_target("arm-cpu-tflite"),
                     threads=(max_threads() + 1,))
+
+
+def test_golden_drift_of_float_outputs_is_counted_in_codes(tmp_path, capsys) -> None:
+    """ONNX bundles take and give float: a drift of two output steps is two codes, not the
+    whole logits it truncates to (0 here, which passed before)."""
+    import numpy as np
+
+    from edgeres.bundle import sha256_file
+    from edgeres.check import check_golden, output_code_step
+
+    out = tmp_path / "onnx"
+    assert main(["convert", "mobilenet_v2_fmnist", "-t", "arm-cpu-onnx", "--out", str(out),
+                 *SMALL]) == 0
+    capsys.readouterr()
+    step = output_code_step(load_bundle(out))
+    assert step is not None and 0 < step < 0.5  # the last DequantizeLinear's scale
+    assert check_golden(load_bundle(out)) == 0
+    golden = out / "golden" / "golden.npz"
+    with np.load(golden) as data:
+        arrays = dict(data)
+    arrays["y_raw"] = arrays["y_raw"] + np.float32(2 * step)
+    np.savez(golden, **arrays)
+    m = json.loads((out / MANIFEST).read_text())
+    m["files"]["golden/golden.npz"] = sha256_file(golden)
+    (out / MANIFEST).write_text(json.dumps(m))
+    assert check_golden(load_bundle(out)) == pytest.approx(2.0, abs=0.01)
+    assert main(["check", str(out), "--no-layers"]) == 1
+    assert "golden vectors differ by up to 2 codes" in capsys.readouterr().err
