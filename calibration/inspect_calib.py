@@ -12,9 +12,8 @@ input scale. Both show up here before any quantization runs.
 
 from __future__ import annotations
 
-import os
+import io
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +32,7 @@ from torch import nn  # noqa: E402
 from edgeres.data.folders import load_npz  # noqa: E402
 from edgeres.data.preprocess import Preprocess  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
-from edgeres.paths import check_output_file  # noqa: E402
+from edgeres.paths import check_output_file, write_bytes_atomic  # noqa: E402
 from edgeres.resolve import resolve_model  # noqa: E402
 from edgeres.zoo import get_entry, list_models  # noqa: E402
 
@@ -170,14 +169,12 @@ def plot(stats: dict[str, LayerStats], title: str, png: Path) -> Path:
     ax_h.legend(fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{png.name}.", suffix=".png", dir=png.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, png)
+    buf = io.BytesIO()  # rendered in memory, then written atomically with the usual mode
+    try:                # (a mkstemp file keeps its 0600)
+        fig.savefig(buf, format="png", dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    write_bytes_atomic(png, buf.getvalue())
     return png
 
 

@@ -399,7 +399,14 @@ def bench(
     thr = parse_threads(threads)  # cheap checks first
     b = load_bundle(bundle)
     t = bundle_target(b, target)
-    res = bench_local(b.model_file, t, threads=thr, runs=runs)
+    if t.device.transport == "local":
+        res = bench_local(b.model_file, t, threads=thr, runs=runs)
+    else:  # [device] transport = "ssh" | "adb": on the board or phone, not on this host
+        from edgeres.harness.device import bench_on_device, open_transport
+
+        with open_transport(t) as transport:
+            res = bench_on_device(b.model_file, t, transport, threads=thr, runs=runs,
+                                  progress=not as_json)
     if as_json:
         print(json.dumps(res.to_json(), sort_keys=True))
     else:
@@ -415,8 +422,22 @@ def _fail(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (timeout, a CI cancel, systemd) unwinds like Ctrl-C, so staging folders and
+    temporary files are removed by the code that made them instead of left behind."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    _exit_cleanly_on_sigterm()
     try:
         rc = app(args=argv, standalone_mode=False)
     except UserError as exc:

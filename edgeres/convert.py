@@ -22,6 +22,7 @@ from rich.console import Console
 
 from edgeres.bundle import (
     CHANNEL_SCALES,
+    MANIFEST,
     Bundle,
     check_replaceable,
     load_bundle,
@@ -85,6 +86,7 @@ class ConvertResult:
             **({"input": self.report["summary"]["input"]}
                if "input" in self.report.get("summary", {}) else {}),
             **m,
+            **({"gates": self.manifest["gates"]} if "gates" in self.manifest else {}),
         }
         scored = [d for d in self.report.get("layer_sqnr", [])
                   if d.get("local_sqnr_db") and not d.get("partial")]
@@ -208,20 +210,56 @@ def qat_setup(  # noqa: ANN201 - (QATConfig, str, str)
 
 
 def bundle_dir(opts: ConvertOptions, rm: ResolvedModel, target: Target) -> Path:
-    return Path(opts.out) if opts.out else Path("out") / f"{rm.name}-{target.name}"
+    """``--out`` with ``..`` folded (so ``a/b/../c`` makes no stray ``a/b``), or the default."""
+    if opts.out is None:
+        return Path("out") / f"{rm.name}-{target.name}"
+    return Path(os.path.normpath(opts.out))
+
+
+def _enclosing_bundle(path: Path) -> Path | None:
+    """The bundle folder ``path`` would sit inside, if any (writing there breaks that bundle:
+    its next convert refuses the unlisted files)."""
+    for parent in path.resolve().parents:
+        if (parent / MANIFEST).is_file():
+            return parent
+    return None
+
+
+def _check_place(path: Path, flag: str) -> None:
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise UserError(f"{flag} {path} is the current folder or holds it; name a folder "
+                        "beside it, e.g. out/my-bundle")
+    if (inside := _enclosing_bundle(path)) is not None:
+        raise UserError(f"{flag} {path} is inside the bundle {inside}; name a folder outside it")
 
 
 def check_output_paths(opts: ConvertOptions, out: Path) -> None:
-    """The bundle folder (and QAT's checkpoint folder) can be written: said in a second, not
-    after calibration or training."""
+    """The bundle folder (its .rejected twin when gated, QAT's checkpoint folder and the
+    checkpoint to resume) can be used: said in a second, not after calibration or training."""
+    _check_place(out, "--out")
     check_replaceable(out)
     check_output_folder(out, "--out")
+    if opts.min_agreement is not None or opts.max_drop is not None:
+        check_replaceable(rejected_dir(out))  # where a missed gate puts the bundle
     if opts.scheme in ("qat", "rex+qat"):
         ckpt = Path(opts.qat_dir) if opts.qat_dir else out.with_name(out.name + ".qat")
-        if (ckpt / "manifest.json").exists() or ckpt.absolute() == out.absolute():
-            raise UserError(f"--checkpoints {ckpt} is a bundle folder; checkpoints go "
-                            "beside the bundle (the default is <out>.qat)")
+        a, b = ckpt.resolve(), out.resolve()
+        if (ckpt / MANIFEST).exists():
+            raise UserError(f"--checkpoints {ckpt} is a bundle folder; checkpoints go beside "
+                            "the bundle (the default is <out>.qat)")
+        if a == b or b in a.parents or a in b.parents:
+            raise UserError(f"--checkpoints {ckpt} is, holds or is inside the bundle folder "
+                            f"{out}; checkpoints go beside the bundle (the default is <out>.qat)")
+        _check_place(ckpt, "--checkpoints")
         check_output_folder(ckpt, "--checkpoints")
+    if opts.resume is not None:
+        from edgeres.quant.qat_train import CHECKPOINT_NAME
+
+        resume = Path(opts.resume)
+        if not (resume.is_file() or (resume / CHECKPOINT_NAME).is_file()):
+            raise UserError(f"--resume {resume}: no checkpoint there (give the "
+                            f"{CHECKPOINT_NAME} an edgeres qat run wrote, or its folder)")
 
 
 def is_worker_rank() -> bool:
@@ -511,8 +549,9 @@ def convert(
         result.bench = bench_local(staging.dest / model_file, target,
                                    threads=opts.threads).to_json()
     if failed:
+        kept = f"{out} keeps what it held" if out.exists() else f"{out} was not written"
         exc = AccuracyFloorError("; ".join(failed) + f": the bundle went to {staging.dest}, "
-                                 f"and {out} keeps what it held")
+                                 f"and {kept}")
         exc.result = result  # type: ignore[attr-defined]  (the CLI still prints the summary)
         raise exc
     return result

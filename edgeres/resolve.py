@@ -17,7 +17,9 @@ from edgeres.data.fmnist import FMNIST_LABELS
 from edgeres.data.preprocess import IMAGENET, Preprocess
 from edgeres.errors import UserError
 from edgeres.zoo import create_model, get_entry, list_models
-from edgeres.zoo.registry import load_torch_file
+from edgeres.zoo.registry import first_non_finite, load_torch_file
+
+LABEL_SETS = ("imagenet", "fmnist")  # label-set names labels_for knows
 
 __all__ = ["ResolvedModel", "labels_for", "load_torch_file", "parse_bits", "resolve_model"]
 
@@ -156,6 +158,10 @@ def _meta_labels(value: object, classes: int, spec: str) -> tuple[str | None, li
     if value is None:
         return None, None
     if isinstance(value, str):
+        if value not in LABEL_SETS:  # "cifar" would otherwise silently become no labels
+            raise UserError(f"'{spec}': edgeres_meta['labels'] is {value!r}, not a known label "
+                            f"set ({', '.join(LABEL_SETS)}): use one of those or give a list "
+                            "of class names")
         return value, None
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         if len(value) != classes:
@@ -212,12 +218,30 @@ def _dry_run(model: nn.Module, spec: str, chans: int, img: int) -> torch.Tensor 
         raise UserError(f"'{spec}' failed on an input of shape {shape} ({_one_line(exc)}): set "
                         "edgeres_meta 'img_size' and 'in_chans' to the input the model "
                         "takes") from exc
-    return out if isinstance(out, torch.Tensor) else None
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, list | tuple) and out and all(isinstance(t, torch.Tensor) for t in out):
+        return out[0]  # capture takes a tuple of tensors too; the first is the logits
+    raise UserError(f"'{spec}' returned a {type(out).__name__} from forward; the model must "
+                    "return a tensor of logits (or a tuple of tensors, logits first)")
+
+
+def _read_meta(model: nn.Module, spec: str) -> object:
+    """``model.edgeres_meta``: a property that raises is user code, so one line, not a trace."""
+    try:
+        return getattr(model, "edgeres_meta", None)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise UserError(f"'{spec}': reading edgeres_meta failed ({_one_line(exc)}): make it a "
+                        "plain dict attribute") from exc
 
 
 def _from_factory(spec: str) -> ResolvedModel:
     model = _call_factory(spec).eval()
-    meta = getattr(model, "edgeres_meta", None) or {}
+    bad = first_non_finite(dict(model.named_parameters()))
+    if bad:
+        raise UserError(f"'{spec}': the model's {bad} holds NaN or Inf values; fix the "
+                        "weights the factory loads")
+    meta = _read_meta(model, spec) or {}
     if not isinstance(meta, Mapping):
         raise UserError(f"'{spec}': edgeres_meta must be a dict, got {type(meta).__name__}")
     unknown = sorted(set(meta) - {"img_size", "in_chans", "num_classes", "preprocess", "labels"})
@@ -235,7 +259,7 @@ def _from_factory(spec: str) -> ResolvedModel:
     else:
         pre = IMAGENET
     out = _dry_run(model, spec, chans, img)
-    outputs = int(out.shape[-1]) if out is not None and out.dim() == 2 else None
+    outputs = int(out.shape[-1]) if out.dim() == 2 else None
     if "num_classes" in meta:
         classes = _positive_int(meta["num_classes"], "num_classes", spec)
         if outputs is not None and outputs != classes:
@@ -257,12 +281,23 @@ def _from_factory(spec: str) -> ResolvedModel:
     )
 
 
+def _no_weights(spec: str, weights: str | None, what: str) -> None:
+    """A checkpoint or factory brings its own weights: --weights would be silently ignored
+    (and recorded as if used), so refuse it."""
+    if weights is not None:
+        raise UserError(f"--weights {weights}: model '{spec}' is a {what}, which brings its own "
+                        "weights; drop --weights, or name a zoo model")
+
+
 def resolve_model(spec: str, weights: str | None = None, load: bool = True) -> ResolvedModel:
     """A zoo name, a checkpoint path (.pth/.pt) or ``package.module:factory``.
 
     ``load=False`` skips zoo weights (for structure-only work such as ``edgeres explain``).
     """
     path = Path(spec)
+    if weights is not None and not weights.strip():
+        raise UserError("--weights is empty: give a weights name or a checkpoint path, or "
+                        "leave the option out")
     if spec in list_models():
         return _from_zoo(spec, weights, load)
     if path.is_dir():
@@ -271,8 +306,10 @@ def resolve_model(spec: str, weights: str | None = None, load: bool = True) -> R
     if path.suffix in (".pth", ".pt") or path.is_file():
         if not path.is_file():
             raise UserError(f"checkpoint '{spec}' does not exist")
+        _no_weights(spec, weights, "checkpoint")
         return _from_checkpoint(path)
     if re.fullmatch(r"[\w.]+:\w+", spec):
+        _no_weights(spec, weights, "module:factory")
         return _from_factory(spec)
     return _from_zoo(spec, weights)  # raises the "unknown model" error with the list
 

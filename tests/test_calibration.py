@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -299,3 +300,32 @@ def test_inspect_calib_takes_a_checkpoint_and_names_png_on_write_failure(
     out = calib_npz.parent / "l.png"
     result = CliRunner().invoke(inspect.app, [str(ckpt), str(calib_npz), "--png", str(out)])
     assert "Read-only file system" in one_line_error(result, f"--png {out}")
+
+
+def test_inspect_calib_png_has_an_ordinary_mode(calib_npz, monkeypatch):
+    inspect = script("inspect_calib")
+    gen = torch.Generator().manual_seed(0)
+    stats = {"a": inspect.LayerStats(), "b": inspect.LayerStats()}
+    for st in stats.values():
+        st.add(torch.randn(4, 300, generator=gen), gen)
+    old = os.umask(0o022)
+    try:
+        png = inspect.plot(stats, "t", calib_npz.parent / "l.png")
+    finally:
+        os.umask(old)
+    assert png.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in png.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_build_calib_refuses_weights_with_a_checkpoint(tmp_path, monkeypatch):
+    from edgeres.zoo import create_model
+
+    build = script("build_calib")
+    ckpt = tmp_path / "m.pth"
+    torch.save(create_model("mobilenet_v2_fmnist").state_dict(), ckpt)
+    for weights, says in ((str(ckpt), "brings its own weights"), ("", "--weights is empty")):
+        result = CliRunner().invoke(build.app, [str(ckpt), "synthetic@2", "--weights", weights,
+                                                "--quiet", "-o", str(tmp_path / "c.npz")])
+        assert says in one_line_error(result, "--weights")
+        assert not (tmp_path / "c.npz").exists()

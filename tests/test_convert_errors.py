@@ -137,3 +137,76 @@ def test_a_met_gate_is_recorded_in_the_manifest(tmp_path: Path) -> None:
     assert result.bundle == tmp_path / "b" and not (tmp_path / "b.rejected").exists()
     gates = load_bundle(tmp_path / "b").manifest["gates"]
     assert gates == {"min_agreement": 50.0, "max_drop": None, "passed": True, "failures": []}
+    assert result.summary()["gates"] == gates  # --json carries it too
+
+
+def test_out_that_is_or_holds_the_current_folder_is_refused(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for out in (".", "..", "", "sub/../.."):
+        with pytest.raises(UserError, match="is the current folder or holds it"):
+            convert(ConvertOptions(out=Path(out), **FAST), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_out_or_checkpoints_inside_a_bundle_are_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "golden").mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match="is inside the bundle"):
+        convert(ConvertOptions(out=bundle / "golden" / "inner", **FAST), progress=False)
+    with pytest.raises(UserError, match="--checkpoints .* is inside the bundle"):
+        convert(ConvertOptions(scheme="qat", qat_dir=bundle / "golden", out=tmp_path / "b",
+                               **FAST), progress=False)
+    with pytest.raises(UserError, match="--checkpoints .* holds or is inside the bundle folder"):
+        convert(ConvertOptions(scheme="qat", qat_dir=tmp_path / "b" / "ck", out=tmp_path / "b",
+                               **FAST), progress=False)
+    assert not (bundle / "golden" / "inner").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_gate_whose_rejected_folder_is_taken_fails_before_the_work(tmp_path: Path) -> None:
+    (tmp_path / "b.rejected").write_text("mine")
+    with pytest.raises(UserError, match="b.rejected"):
+        convert(ConvertOptions(out=tmp_path / "b", min_agreement=99.0, **FAST), progress=False)
+    assert (tmp_path / "b.rejected").read_text() == "mine"
+
+
+def test_resume_without_a_checkpoint_fails_before_the_data_loads(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--resume .*: no checkpoint there"):
+        convert(ConvertOptions(scheme="qat", resume=tmp_path / "nothing.pt",
+                               out=tmp_path / "b", **FAST), progress=False)
+
+
+def test_sigterm_leaves_no_staging_folder(tmp_path: Path) -> None:
+    """timeout / a CI cancel send SIGTERM: the staging folder goes as with Ctrl-C."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgeres.cli", "convert", "--no-bench",
+                             "--calib", "fmnist:train@32", "--eval", "fmnist:test@1000",
+                             "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob(".b.staging-*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no staging folder appeared"
+        time.sleep(0.05)
+    assert proc.poll() is None, "the convert finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(__import__("shutil").which("adb") is not None, reason="adb is installed")
+def test_bench_on_an_adb_profile_goes_to_the_phone_not_this_host(tmp_path: Path) -> None:
+    from edgeres.targets import targets_dir
+
+    convert(ConvertOptions(out=tmp_path / "b", **FAST), progress=False)
+    text = (targets_dir() / "arm-cpu-tflite.toml").read_text()
+    text = text.replace('name = "arm-cpu-tflite"', 'name = "my-phone"')
+    text = text.replace('transport = "local"', 'transport = "adb"')
+    assert 'transport = "adb"' in text
+    (tmp_path / "phone.toml").write_text(text)
+    done = subprocess.run([sys.executable, "-m", "edgeres.cli", "bench", str(tmp_path / "b"),
+                           "--target", str(tmp_path / "phone.toml")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "'adb' was not found on PATH" in done.stderr

@@ -111,6 +111,60 @@ def test_bad_count_on_an_existing_folder(tmp_path, monkeypatch) -> None:
 # -- 4. .npz files ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["a@3", "b@x"])
+def test_existing_folder_with_at_in_its_name(tmp_path, monkeypatch, name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(
+        (tmp_path / name).mkdir() or tmp_path / name / "i.png")
+    for text in (f"folder:{name}", name):
+        assert DataSpec.parse(text) == DataSpec("folder", name, None)
+        assert len(load_spec(text, GREY, 1, 28)) == 1
+    assert DataSpec.parse(f"folder:{name}@1") == DataSpec("folder", name, 1)
+
+
+def _png(path, arr: np.ndarray, mode: str | None = None):
+    im = Image.fromarray(arr)
+    (im.convert(mode) if mode else im).save(path)
+    return path
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_16_bit_png_is_scaled_not_clipped(tmp_path, chans: int) -> None:
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 65536, (28, 28)).astype(np.uint16)
+    narrow = np.round(wide / 257).astype(np.uint8)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "n").mkdir()
+    assert Image.open(_png(tmp_path / "w" / "a.png", wide)).mode.startswith("I")
+    _png(tmp_path / "n" / "a.png", narrow)
+    pre = GREY if chans == 1 else Preprocess((0.5,) * 3, (0.5,) * 3)
+    got = load_spec(f"folder:{tmp_path / 'w'}", pre, chans, 28).x
+    want = load_spec(f"folder:{tmp_path / 'n'}", pre, chans, 28).x
+    assert (got - want).abs().max() <= 1 / 255 / 0.5 + 1e-6  # 1/255 in pixel units
+    assert (got == got.max()).float().mean() < 0.05  # not clipped to 255
+
+
+def test_rgba_png_drops_alpha(tmp_path) -> None:
+    rgba = np.random.default_rng(1).integers(0, 256, (28, 28, 4)).astype(np.uint8)
+    _png(tmp_path / "a.png", rgba)
+    (tmp_path / "rgb").mkdir()
+    _png(tmp_path / "rgb" / "a.png", rgba[..., :3])
+    pre = Preprocess((0.5,) * 3, (0.5,) * 3)
+    (tmp_path / "rgba").mkdir()
+    (tmp_path / "a.png").rename(tmp_path / "rgba" / "a.png")
+    assert torch.equal(load_spec(f"folder:{tmp_path / 'rgba'}", pre, 3, 28).x,
+                       load_spec(f"folder:{tmp_path / 'rgb'}", pre, 3, 28).x)
+
+
+def test_float_image_is_refused_naming_the_file(tmp_path, monkeypatch) -> None:
+    path = _png(tmp_path / "a.png", np.zeros((28, 28), np.uint8))
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p: real_open(p).convert("F"))  # no F PNGs
+    with pytest.raises(UserError) as exc:
+        load_spec(f"folder:{tmp_path}", GREY, 1, 28)
+    assert str(path) in one_line(exc) and "32-bit float (F) image" in one_line(exc)
+
+
 def test_npz_without_arrays(tmp_path) -> None:
     path = tmp_path / "empty.npz"
     np.savez(path)
@@ -198,6 +252,41 @@ def plain():
     return net()
 
 
+class _MetaRaises(nn.Sequential):
+    @property
+    def edgeres_meta(self):
+        raise KeyError("no meta today")
+
+
+def meta_raises():
+    return _MetaRaises(nn.Conv2d(3, 4, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                       nn.Linear(4, 10))
+
+
+class _DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x):
+        return {"logits": self.fc(x.mean((2, 3)))}
+
+
+def returns_dict():
+    return _DictOut()
+
+
+def labels_cifar():
+    return net({"labels": "cifar"})
+
+
+def nan_weights():
+    m = net()
+    with torch.no_grad():
+        m[0].weight[0, 0, 0, 0] = float("nan")
+    return m
+
+
 def wrong_linear():
     return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Flatten(), nn.Linear(100, 10))
 
@@ -231,6 +320,11 @@ def factories(tmp_path, monkeypatch) -> str:
     ("typo", "unknown edgeres_meta keys ['img_szie']"),
     ("wrong_linear", "failed on an input of shape (1, 3, 224, 224) (RuntimeError: mat1 and mat2"),
     ("grey", "the model has 1 input channels, so it needs edgeres_meta['preprocess']"),
+    ("meta_raises", "reading edgeres_meta failed (KeyError: 'no meta today')"),
+    ("returns_dict", "returned a dict from forward; the model must return a tensor of logits"),
+    ("labels_cifar", "edgeres_meta['labels'] is 'cifar', not a known label set (imagenet, "
+                     "fmnist)"),
+    ("nan_weights", "the model's 0.weight holds NaN or Inf values"),
 ])
 def test_factory_mistakes_are_one_line(factories: str, fn: str, expected: str) -> None:
     with pytest.raises(UserError) as exc:
@@ -294,6 +388,34 @@ def test_weights_of_another_architecture_are_capped(tmp_path) -> None:
     assert "missing keys (" in msg and "unexpected keys (" in msg and msg.count(", ...") == 2
 
 
+def _nan_checkpoint(tmp_path):
+    state = create_model("mobilenet_v2_fmnist").state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone()
+    state[key].view(-1)[3] = float("inf")
+    path = tmp_path / "ck.pth"
+    torch.save(state, path)
+    return path, key
+
+
+def test_non_finite_weights_are_named(tmp_path) -> None:
+    path, key = _nan_checkpoint(tmp_path)
+    for args in ((str(path),), ("mobilenet_v2_fmnist", str(path))):
+        with pytest.raises(UserError) as exc:
+            resolve_model(*args)
+        assert f"weights '{path}': '{key}' holds NaN or Inf values" in one_line(exc)
+
+
+def test_weights_empty_or_with_a_checkpoint(tmp_path, factories: str) -> None:
+    with pytest.raises(UserError, match=r"^--weights is empty"):
+        resolve_model("mobilenet_v2_fmnist", "")
+    path = tmp_path / "ck.pth"
+    torch.save(create_model("mobilenet_v2_fmnist").state_dict(), path)
+    for model in (str(path), f"{factories}:plain"):
+        with pytest.raises(UserError, match=r"brings its own weights; drop --weights"):
+            resolve_model(model, str(path))
+
+
 def test_directory_where_a_checkpoint_is_expected(tmp_path) -> None:
     with pytest.raises(UserError, match="is a directory; a checkpoint file"):
         resolve_model(str(tmp_path))
@@ -348,6 +470,12 @@ def test_cli_bad_count(capsys) -> None:
 def test_cli_factory_that_raises(factories: str, capsys) -> None:
     err = cli_fails(["convert", f"{factories}:raises", *FAST], capsys)
     assert "RuntimeError: boom" in err
+
+
+def test_cli_non_finite_checkpoint(tmp_path, capsys) -> None:
+    path, key = _nan_checkpoint(tmp_path)
+    err = cli_fails(["convert", str(path), *FAST], capsys)
+    assert str(path) in err and key in err
 
 
 def test_cli_target_directory(tmp_path, capsys) -> None:

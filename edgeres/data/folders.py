@@ -89,12 +89,34 @@ def _match_channels(images: np.ndarray, in_chans: int, where: str, img_size: int
                     f"the model expects {expected_shape(in_chans, img_size)} after preprocessing")
 
 
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey as Pillow opens it
+
+
+def _wide_grey_to_uint8(im: Image.Image, path: Path) -> np.ndarray:
+    """16-bit grey -> uint8 HW scaled by 1/257 (rounded): ``convert("L")`` clips instead, so
+    almost every pixel of a 16-bit image becomes 255. "I" (32-bit) is taken as 16-bit data
+    (what a 16-bit PNG opens as in some Pillow versions) and refused outside 0..65535."""
+    arr = np.asarray(im).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise UserError(f"{path}: a 32-bit integer ({im.mode}) image with values "
+                        f"{arr.min()}..{arr.max()} outside 0..65535; save it as an 8-bit or "
+                        "16-bit PNG")
+    return ((arr * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def _read_image(path: Path, in_chans: int, img_size: int | None) -> np.ndarray:
+    """uint8 HWC pixels of one image file, scaled to 8 bits and matched to ``in_chans``."""
     try:
         with Image.open(path) as im:
             mode = im.mode
+            if mode == "F":
+                raise UserError(f"{path}: a 32-bit float (F) image, whose value range is "
+                                "unknown; save it as an 8-bit or 16-bit PNG")
+            if mode in _WIDE_GREY and in_chans in (1, 3):
+                grey = _wide_grey_to_uint8(im, path)[..., None]
+                return grey if in_chans == 1 else np.repeat(grey, 3, axis=-1)
             if in_chans == 3:
-                return np.array(im.convert("RGB"))
+                return np.array(im.convert("RGB"))  # alpha (RGBA, LA, P) is dropped
             if in_chans == 1 and mode in GREY_MODES:
                 return np.array(im.convert("L"))[..., None]
     except (OSError, UnidentifiedImageError) as exc:

@@ -88,6 +88,10 @@ def _split_count(text: str) -> tuple[str, int | None]:
     of its own, so there only a number-like tail is a count; elsewhere any ``@`` starts one."""
     head = text.split("@", 1)[0]
     kind = head.partition(":")[0].strip().lower()
+    if "@" in text and (kind in _PATH_KINDS or kind not in KINDS):
+        path = text.partition(":")[2] if kind in _PATH_KINDS else text
+        if Path(path).expanduser().exists():  # a folder really named "a@3": no count
+            return text, None
     if "@" in text and kind in KINDS and kind not in _PATH_KINDS:
         base, n = text.split("@", 1)
         return base, _count(text, n)

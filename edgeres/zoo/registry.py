@@ -120,6 +120,16 @@ def state_mismatch(model: nn.Module, state: Mapping) -> str | None:
     return "; ".join(parts) or None
 
 
+def first_non_finite(state: Mapping) -> str | None:
+    """The first float tensor key holding NaN/Inf: such weights otherwise pass loading and
+    fail much later, deep in calibration, as a traceback about an activation."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and not bool(torch.isfinite(value).all()):
+            return str(key)
+    return None
+
+
 def _load_state(model: nn.Module, path: Path, name: str) -> None:
     state = load_torch_file(path, "weights")
     if isinstance(state, Mapping) and "state_dict" in state:
@@ -131,6 +141,10 @@ def _load_state(model: nn.Module, path: Path, name: str) -> None:
     if why:
         raise UserError(f"weights '{path}' do not fit model '{name}': {why}; pass weights "
                         "saved from this architecture")
+    bad = first_non_finite(state)
+    if bad:
+        raise UserError(f"weights '{path}': '{bad}' holds NaN or Inf values (the training "
+                        "diverged, or the file is damaged); pass finite weights")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as exc:
