@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -247,16 +248,103 @@ def _check_semantics(root: Path, mpath: Path, m: dict) -> None:
             ):
                 raise bad(f"{group}[{i}].shape", f"is {_show(shape)}, but layout "
                           f"{e['layout']} needs 4 dimensions, the last 3 positive integers")
+    _check_labels_and_preprocess(m, bad)
 
 
-def _model_io(path: Path) -> tuple[list[tuple[list[int | None], str]], ...]:
-    """(shape, dtype) of each input and output as the model file itself declares them;
-    None for a dimension it leaves open."""
+INT_DTYPES = ("int8", "uint8", "int16", "uint16")
+
+
+def channels(entry: dict) -> int | None:
+    """The channel count of an image tensor (last dim for NHWC, dim 1 for NCHW), else None."""
+    layout, shape = entry.get("layout"), entry["shape"]
+    dim = shape[3] if layout == "NHWC" else shape[1] if layout == "NCHW" else None
+    return dim if type(dim) is int else None
+
+
+def _check_labels_and_preprocess(m: dict, bad: Callable[[str, str], UserError]) -> None:
+    """Labels one per class; integer tensors quantized; one mean and std per input channel.
+    Each would otherwise surface later as a wrong answer or a traceback."""
+    labels, last = m["labels"], m["outputs"][0]["shape"][-1:] or [None]
+    if isinstance(labels, list) and type(last[0]) is int and len(labels) != last[0]:
+        raise bad("labels", f"has {len(labels)} names, but 'outputs[0]' has {last[0]} classes "
+                  "(its last dimension)")
+    for group in ("inputs", "outputs"):
+        for i, e in enumerate(m[group]):
+            for key in ("scale", "zero_point"):
+                if e["dtype"] in INT_DTYPES and e[key] is None:
+                    raise bad(f"{group}[{i}].{key}", f"is null, but dtype {e['dtype']} needs "
+                              "the quantization an app applies")
+    for i, e in enumerate(m["inputs"]):
+        for key in ("resize", "crop"):
+            size = e["preprocess"][key]
+            if size is not None and type(size) is not int:
+                raise bad(f"inputs[{i}].preprocess.{key}", f"is {_show(size)}, not a whole "
+                          "number of pixels (or null)")
+        c = channels(e)
+        for key in ("mean", "std"):
+            values = e["preprocess"][key]
+            if c is not None and len(values) != c:
+                raise bad(f"inputs[{i}].preprocess.{key}", f"has {len(values)} values, but "
+                          f"the {e['layout']} input has {c} channels")
+
+
+def nonfinite_key(obj: object, path: str = "") -> str | None:
+    """The key path (``outputs[0].scale``) of the first NaN or infinity in ``obj``, else
+    None: Python's json reads NaN/Infinity literals, which no app's JSON parser accepts."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(
+        obj, list) else ()
+    for k, v in items:
+        found = nonfinite_key(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
+        if found:
+            return found.lstrip(".")
+    return None
+
+
+@dataclass(frozen=True)
+class ModelTensor:
+    """One input or output as the model file declares it: None for a dimension it leaves
+    open, and for a layout or quantization it does not record."""
+
+    shape: list[int | None]
+    dtype: str
+    layout: str | None = None
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+def _tflite_io(path: Path) -> tuple[list[ModelTensor], list[ModelTensor]]:
+    from edgeres.export.tflite import tflite_io_details
+
+    try:
+        ins, outs = tflite_io_details(path)
+    except UserError as exc:
+        raise UserError(f"{exc}; {REBUILD}") from exc
+    return tuple([ModelTensor([int(d) for d in t.shape], t.dtype, t.layout, t.scale,
+                              t.zero_point) for t in ts] for ts in (ins, outs))
+
+
+def _onnx_quant(g: object, name: str, consumer: bool) -> tuple[float | None, int | None]:
+    """Scale and zero point of the DequantizeLinear reading integer input ``name`` (or the
+    QuantizeLinear writing output ``name``), when they are scalar initializers."""
+    from onnx import numpy_helper
+
+    op, ends = ("DequantizeLinear", "input") if consumer else ("QuantizeLinear", "output")
+    node = next((n for n in g.node if n.op_type == op and name in getattr(n, ends)), None)
+    inits = {t.name: t for t in g.initializer}
+    if node is None or len(node.input) < 3 or not {*node.input[1:3]} <= inits.keys():
+        return None, None
+    scale, zp = (numpy_helper.to_array(inits[n]) for n in node.input[1:3])
+    if scale.size != 1 or zp.size != 1:
+        return None, None
+    return float(scale.reshape(())), int(zp.reshape(()))
+
+
+def _model_io(path: Path) -> tuple[list[ModelTensor], list[ModelTensor]]:
+    """Each input and output as the model file itself declares it."""
     if path.suffix == ".tflite":
-        from edgeres.export.tflite import tflite_io_details
-
-        return tuple([([int(d) for d in t.shape], t.dtype) for t in ts]
-                     for ts in tflite_io_details(path))
+        return _tflite_io(path)
     import onnx
 
     try:
@@ -265,34 +353,51 @@ def _model_io(path: Path) -> tuple[list[tuple[list[int | None], str]], ...]:
         raise UserError(f"'{path}' is not a readable ONNX model ({exc}); {REBUILD}") from exc
     inits = {t.name for t in g.initializer}
 
-    def describe(v: onnx.ValueInfoProto) -> tuple[list[int | None], str]:
+    def describe(v: onnx.ValueInfoProto, consumer: bool) -> ModelTensor:
         tt = v.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                 for d in tt.shape.dim]
-        return dims, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        quant = _onnx_quant(g, v.name, consumer) if dtype in INT_DTYPES else (None, None)
+        return ModelTensor(dims, dtype, None, *quant)
 
-    return ([describe(v) for v in g.input if v.name not in inits],
-            [describe(v) for v in g.output])
+    return ([describe(v, True) for v in g.input if v.name not in inits],
+            [describe(v, False) for v in g.output])
 
 
 def _check_model_io(bundle: Bundle, mpath: Path) -> None:
-    """The manifest's tensors are the model file's: same count, rank, fixed sizes, dtype."""
+    """The manifest's tensors are the model file's: same count, rank, fixed sizes, layout,
+    dtype and, for integer tensors, quantization (an app quantizes with the manifest's)."""
     name = bundle.manifest["model_file"]
+
+    def bad(key: str, problem: str) -> UserError:
+        return UserError(f"{mpath}: '{key}' {problem}; {REBUILD}")
+
     for group, actual in zip(("inputs", "outputs"), _model_io(bundle.model_file), strict=True):
         entries = bundle.manifest[group]
         if len(entries) != len(actual):
             raise UserError(f"{mpath}: '{group}' lists {len(entries)} tensors but {name} has "
                             f"{len(actual)}; {REBUILD}")
-        for i, (e, (shape, dtype)) in enumerate(zip(entries, actual, strict=True)):
-            fits = len(e["shape"]) == len(shape) and all(
-                d is None or d == s for s, d in zip(e["shape"], shape, strict=True))
+        for i, (e, t) in enumerate(zip(entries, actual, strict=True)):
+            key = f"{group}[{i}]"
+            fits = len(e["shape"]) == len(t.shape) and all(
+                d is None or d == s for s, d in zip(e["shape"], t.shape, strict=True))
             if not fits:
-                shown = [-1 if d is None else d for d in shape]
-                raise UserError(f"{mpath}: '{group}[{i}].shape' is {_show(e['shape'])}, but "
-                                f"{name} has {shown}; {REBUILD}")
-            if e["dtype"] != dtype:
-                raise UserError(f"{mpath}: '{group}[{i}].dtype' is {e['dtype']}, but {name} "
-                                f"has {dtype}; {REBUILD}")
+                shown = [-1 if d is None else d for d in t.shape]
+                raise bad(f"{key}.shape", f"is {_show(e['shape'])}, but {name} has {shown}")
+            if t.layout is not None and e.get("layout", "ND") != t.layout:
+                raise bad(f"{key}.layout", f"is {e.get('layout', 'missing')}, but {name} "
+                          f"takes {t.layout}")
+            if e["dtype"] != t.dtype:
+                raise bad(f"{key}.dtype", f"is {e['dtype']}, but {name} has {t.dtype}")
+            if t.dtype not in INT_DTYPES or t.scale is None:
+                continue
+            if not math.isclose(e["scale"], t.scale, rel_tol=1e-6):
+                raise bad(f"{key}.scale", f"is {e['scale']!r}, but {name} quantizes it with "
+                          f"{t.scale!r}")
+            if e["zero_point"] != t.zero_point:
+                raise bad(f"{key}.zero_point", f"is {e['zero_point']}, but {name} has "
+                          f"{t.zero_point}")
 
 
 def load_bundle(root: Path, verify: bool = True) -> Bundle:
@@ -313,6 +418,8 @@ def load_bundle(root: Path, verify: bool = True) -> Bundle:
                         f"{REBUILD}")
     if manifest.get("schema") != SCHEMA:
         raise UserError(f"{mpath}: schema '{manifest.get('schema')}' is not '{SCHEMA}'")
+    if key := nonfinite_key(manifest):
+        raise UserError(f"{mpath}: '{key}' is not a finite number (NaN or Infinity); {REBUILD}")
     if err := schema_error(manifest):
         where = f"'{err[0]}': " if err[0] else ""
         raise UserError(f"{mpath}: {where}{err[1]} (bundle.schema.json); {REBUILD}")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from edgeres.bundle import CHANNEL_SCALES, Bundle
+from edgeres.bundle import CHANNEL_SCALES, REBUILD, Bundle
 from edgeres.errors import UserError
 
 # The runtime each target runtime is checked with on this host. Vela output needs an Ethos-U;
@@ -66,6 +68,11 @@ def run_model(
     entry = bundle.manifest["inputs"][0]
     feed = [encode_input(x, entry)]
     path = bundle.model_file
+    want = entry["shape"]
+    if feed[0].ndim != len(want) or any(type(w) is int and w != s for s, w in
+                                        zip(feed[0].shape[1:], want[1:], strict=True)):
+        raise UserError(f"{path}: input of shape {list(feed[0].shape)} does not fit the "
+                        f"manifest's {list(want)} ({entry.get('layout', 'ND')})")
     if runtime == "onnxruntime":
         if path.suffix != ".onnx":
             raise UserError(f"runtime onnxruntime cannot run {path.name}; use a LiteRT runtime")
@@ -325,14 +332,74 @@ def _onnx_intermediates(bundle: Bundle, x: np.ndarray, order: list[str]) -> dict
     return {names[k]: v.astype(np.float64) for k, v in got.items() if k in names}
 
 
+# What np.load and reading an .npz member raise on a truncated, foreign or pickled file.
+NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npz(path: Path, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of a bundle's .npz as numbers, or a one-line UserError naming the file:
+    a tampered golden file must not end ``check`` in a traceback."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise ValueError(f"it has no array '{missing[0]}'")
+            arrays = {k: data[k] for k in data.files}
+    except NPZ_ERRORS as exc:
+        raise UserError(f"{path}: not a readable .npz of the bundle "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        f"{REBUILD}") from exc
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise UserError(f"{path}: array '{k}' holds {a.dtype} values, not numbers; {REBUILD}")
+    return arrays
+
+
+def input_shape_nchw(entry: dict) -> list[int | None]:
+    """The float NCHW shape of a model input (what golden ``x`` and ``--data`` hold), None
+    where the manifest leaves a dimension open."""
+    shape = [d if type(d) is int else None for d in entry["shape"]]
+    if entry.get("layout") == "NHWC" and len(shape) == 4:
+        shape = [shape[0], shape[3], shape[1], shape[2]]
+    return shape
+
+
+def load_golden(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """golden.npz's inputs ``x`` (float NCHW) and raw outputs ``y_raw``, checked against the
+    manifest's first input so a wrong file fails here, naming it, not inside the runtime."""
+    path = bundle.root / "golden" / "golden.npz"
+    if not path.is_file():
+        raise UserError(f"bundle {bundle.root} has no golden/golden.npz; {REBUILD}")
+    g = read_npz(path, ("x", "y_raw"))
+    x, y = g["x"], g["y_raw"]
+    want = input_shape_nchw(bundle.manifest["inputs"][0])
+    fits = x.ndim == len(want) and all(w is None or w == s
+                                       for s, w in zip(x.shape[1:], want[1:], strict=True))
+    if not fits:
+        shown = "[" + ", ".join(["N", *("N" if w is None else str(w) for w in want[1:])]) + "]"
+        raise UserError(f"{path}: 'x' has shape {list(x.shape)}, but the manifest's input "
+                        f"takes {shown} (float NCHW); {REBUILD}")
+    if len(x) == 0 or y.ndim == 0 or len(y) != len(x):
+        raise UserError(f"{path}: 'x' has {len(x)} samples and 'y_raw' "
+                        f"{len(y) if y.ndim else 0}; both need the same number, at least 1; "
+                        f"{REBUILD}")
+    return x, y
+
+
 def channel_divisors(bundle: Bundle) -> dict[str, np.ndarray]:
     """Per-channel divisors of the tensors activation smoothing rescaled (the runtime's tensor
     is the float model's divided channel-wise by them); empty for unsmoothed bundles."""
     path = bundle.root / "golden" / CHANNEL_SCALES
     if not path.is_file():
         return {}
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k].astype(np.float64) for k in data.files}
+    out = {k: a.astype(np.float64) for k, a in read_npz(path).items()}
+    for k, a in out.items():
+        if a.ndim != 1 or not a.size or not np.all(np.isfinite(a)) or np.any(a <= 0):
+            raise UserError(f"{path}: '{k}' must be one positive divisor per channel, not an "
+                            f"array of shape {list(a.shape)}; {REBUILD}")
+    return out
 
 
 def missing_channel_scales(bundle: Bundle) -> bool:
@@ -394,6 +461,10 @@ def _runtime_values(bundle: Bundle, x: np.ndarray, order: list[str]
             value = value.transpose(0, 3, 1, 2)
         if value.shape != ref.shape:
             continue
+        if name in divisors and divisors[name].shape != value.shape[1:2]:
+            raise UserError(f"{bundle.root / 'golden' / CHANNEL_SCALES}: '{name}' has "
+                            f"{divisors[name].size} divisors, but the tensor has "
+                            f"{value.shape[1] if value.ndim > 1 else 0} channels; {REBUILD}")
         if name in divisors:  # a smoothed tensor: back to the original model's channels
             value = value * divisors[name].reshape([1, -1] + [1] * (value.ndim - 2))
         values[name], refs[name] = value, ref
@@ -462,16 +533,14 @@ def check_golden(bundle: Bundle, runtime: str | None = None) -> float:
     """Max |difference| in output codes between the runtime and the bundle's golden outputs."""
     from edgeres.data.folders import load_npz  # noqa: F401  (keeps data deps optional)
 
-    path = bundle.root / "golden" / "golden.npz"
-    if not path.is_file():
-        raise UserError(f"bundle {bundle.root} has no golden/golden.npz")
-    with np.load(path, allow_pickle=False) as data:
-        x, expected = data["x"], data["y_raw"]
+    x, expected = load_golden(bundle)
     out = run_model(bundle, x, runtime)[0]
     if out.shape != expected.shape:
         raise UserError(
-            f"golden output has shape {expected.shape}, the model gives {out.shape}: "
-            "the golden file does not belong to this model"
+            f"{bundle.root / 'golden' / 'golden.npz'}: golden output has shape "
+            f"{list(expected.shape)} ('y_raw')"
+            f", the model gives {list(out.shape)}: the golden file does not belong to this "
+            f"model; {REBUILD}"
         )
     step = output_code_step(bundle)
     if step is None:  # integer outputs: codes already

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from edgeres.check import (
     floor_failures,
     golden_tolerance,
     layer_report,
+    load_golden,
     missing_channel_scales,
 )
 from edgeres.data.preprocess import Preprocess
@@ -27,6 +29,9 @@ def check_options(runtime: str | None, data: str | None, min_agreement: float | 
     """The options' own mistakes, before any work (same ranges as convert's floors)."""
     if runtime is not None and runtime not in RUNTIMES:
         raise UserError(f"--runtime must be one of {' | '.join(RUNTIMES)}, got '{runtime}'")
+    for flag, value in (("--min-agreement", min_agreement), ("--max-drop", max_drop)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
     if min_agreement is not None and not 0.0 <= min_agreement <= 100.0:
         raise UserError(f"--min-agreement is a percentage in [0, 100], got {min_agreement}")
     if max_drop is not None and max_drop < 0:
@@ -74,8 +79,7 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool,
         centre = ds.centre
         report["data"] = ds.name
     else:
-        with np.load(bundle.root / "golden" / "golden.npz", allow_pickle=False) as g:
-            x, y, centre = g["x"], None, None
+        x, y, centre = load_golden(bundle)[0], None, None
         report["data"] = "golden inputs"
     report["agreement"] = evaluate(bundle, x, y, runtime, centre=centre).to_json()
     if bundle.model_file.suffix == ".onnx":

@@ -54,7 +54,7 @@ from edgeres.graph.pixels import (
 )
 from edgeres.graph.rewrites import lower_for_target
 from edgeres.paths import check_output_folder
-from edgeres.quant.plan import is_depthwise
+from edgeres.quant.plan import is_depthwise, make_plan
 from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
 from edgeres.report import write_report
@@ -409,6 +409,14 @@ def convert(
     check_output_paths(opts, bundle_dir(opts, rm, target))  # before minutes of work
     if opts.scheme in ("qat", "rex+qat"):
         qat_setup(rm, opts)
+    # lowered here too (quantize_graph does it anyway) so float.onnx names every node the
+    # device runs and `edgeres check` can compare them one by one; captured before any data
+    # loads, so a plan the target refuses (an --ignore typo, bits it lacks) fails in seconds
+    example = torch.zeros(1, rm.in_chans, rm.img_size, rm.img_size)
+    graph = lower_for_target(capture(rm.module, example), target.ops.lowering)
+    wbits, abits = parse_bits(opts.bits)  # REx checks its term bits itself, with its own words
+    make_plan(graph, target, 8 if opts.scheme.startswith("rex") else wbits, abits,
+              ignore=tuple(opts.ignore))
     torch.manual_seed(0)
     calib = load_spec(
         opts.calib or default_calib(rm),
@@ -432,9 +440,6 @@ def convert(
         raise UserError(f"--max-drop compares top-1 with float's, but the evaluation data "
                         f"'{evalset.name}' has no labels: give labelled --eval data, or gate on "
                         "--min-agreement")
-    # lowered here too (quantize_graph does it anyway) so float.onnx names every node the
-    # device runs and `edgeres check` can compare them one by one
-    graph = lower_for_target(capture(rm.module, calib.x[:1]), target.ops.lowering)
     pixels_note, folded = None, None
     if opts.input == "pixels":
         folded = rm.preprocess

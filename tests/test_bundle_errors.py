@@ -140,11 +140,16 @@ def test_check_passes_a_good_bundle(bundle, capsys) -> None:
     assert report["golden_tolerance"] == 1
 
 
-def test_check_fails_on_a_tampered_scale(bundle, tmp_path, capsys) -> None:
+def test_check_fails_on_a_tampered_scale(bundle, tmp_path, capsys, monkeypatch) -> None:
+    """The runtime gates, on a scale that got past validation (load_bundle now compares it
+    with model.tflite's: test_broken_manifest_is_one_line)."""
     def triple_input_scale(m: dict) -> None:
         m["inputs"][0]["scale"] *= 3
 
     bad = edited(bundle, tmp_path / "bad", triple_input_scale)
+    assert main(["check", str(bad), "--no-layers"]) == 2
+    assert "'inputs[0].scale' is " in one_line(capsys)
+    monkeypatch.setattr("edgeres.bundle._check_model_io", lambda *args: None)
     assert main(["check", str(bad), "--no-layers"]) == 1
     captured = capsys.readouterr()
     assert "golden vectors" in captured.out and "FAIL" in captured.out  # the table first
@@ -167,6 +172,9 @@ def test_check_fails_on_a_tampered_scale(bundle, tmp_path, capsys) -> None:
     (["--max-drop", "-1"], "--max-drop is the largest top-1 loss"),
     (["--max-drop", "1"], "--max-drop needs labelled data: pass --data SPEC"),
     (["--runtime", "tpu"], "--runtime must be one of"),
+    (["--max-drop", "nan", "--data", "fmnist:test@64"], "--max-drop must be a finite number"),
+    (["--min-agreement", "nan"], "--min-agreement must be a finite number, got nan"),
+    (["--min-agreement", "inf"], "--min-agreement must be a finite number, got inf"),
 ])
 def test_check_options_are_checked_first(bundle, argv, message, capsys) -> None:
     assert main(["check", str(bundle), *argv]) == 2
@@ -211,10 +219,43 @@ BROKEN = [  # (edit, the key named, what the message says, found by bundle.schem
     (_set("format", "c"), "format", "which runtime litert-xnnpack does not load", False),
     (lambda m: m["inputs"][0].update(shape=[1, 28, 28]), "inputs[0].shape",
      "layout NHWC needs 4 dimensions", False),
-    (lambda m: m["inputs"][0].update(shape=[1, 32, 32, 3]), "inputs[0].shape",
+    (lambda m: m["inputs"][0].update(shape=[1, 32, 32, 1]), "inputs[0].shape",
      "but model.tflite has [1, 28, 28, 1]", False),
     (lambda m: m["outputs"][0].update(dtype="uint8"), "outputs[0].dtype",
      "but model.tflite has int8", False),
+    # the app quantizes with the manifest's parameters: they must be the model file's
+    (lambda m: m["outputs"][0].update(scale=m["outputs"][0]["scale"] * 7), "outputs[0].scale",
+     "but model.tflite quantizes it with", False),
+    (lambda m: m["inputs"][0].update(zero_point=m["inputs"][0]["zero_point"] + 1),
+     "inputs[0].zero_point", "but model.tflite has", False),
+    (lambda m: m["outputs"][0].update(scale=None), "outputs[0].scale",
+     "is null, but dtype int8 needs", False),
+    (lambda m: m["inputs"][0].update(zero_point=None), "inputs[0].zero_point",
+     "is null, but dtype int8 needs", False),
+    (lambda m: m["metrics"].update(top1_agreement=float("nan")), "metrics.top1_agreement",
+     "is not a finite number", False),
+    (lambda m: m["outputs"][0].update(scale=float("inf")), "outputs[0].scale",
+     "is not a finite number", False),
+    (_set("labels", ["a", "b"]), "labels", "has 2 names, but 'outputs[0]' has 10 classes",
+     False),
+    (_set("gates", {"min_agreement": 150, "max_drop": 1, "passed": True, "failures": []}),
+     "gates.min_agreement", "150 is greater than the maximum of 100", True),
+    (_set("gates", {"min_agreement": 90, "max_drop": -1, "passed": True, "failures": []}),
+     "gates.max_drop", "-1 is less than the minimum of 0", True),
+    (lambda m: m["inputs"][0]["preprocess"].update(resize=0), "inputs[0].preprocess.resize",
+     "0 is less than the minimum of 1", True),
+    (lambda m: m["inputs"][0]["preprocess"].update(crop=28.0), "inputs[0].preprocess.crop",
+     "is 28.0, not a whole number of pixels", False),
+    (lambda m: m["inputs"][0]["preprocess"].update(mean=[0.1, 0.2, 0.3]),
+     "inputs[0].preprocess.mean", "has 3 values, but the NHWC input has 1 channels", False),
+    (lambda m: m["inputs"][0]["preprocess"].update(std=[0.3, 0.3]),
+     "inputs[0].preprocess.std", "has 2 values, but the NHWC input has 1 channels", False),
+    (lambda m: m["inputs"][0].update(layout="ND"), "inputs[0].layout",
+     "is ND, but model.tflite takes NHWC", False),
+    (lambda m: m["inputs"][0].update(layout="NCHW", shape=[1, 1, 28, 28]), "inputs[0].shape",
+     "but model.tflite has [1, 28, 28, 1]", False),
+    (lambda m: m["inputs"][0].update(layout="NCHW"), "inputs[0].preprocess.mean",
+     "the NCHW input has 28 channels", False),
 ]
 
 
@@ -229,6 +270,84 @@ def test_broken_manifest_is_one_line(bundle, tmp_path, capsys, edit, key, messag
     where = f"{bad / MANIFEST}: " + ("" if key is None else named)
     assert line.startswith(f"edgeres: error: {where}") and message in line, line
     assert line.endswith(REBUILD), line
+
+
+def rewritten(bundle: Path, dest: Path, rel: str, write: Callable[[Path], object]) -> Path:
+    """A copy of ``bundle`` whose file ``rel`` ``write`` replaced, its new sha256 put in the
+    manifest: what a tampering that knows the format does; only the contents are wrong."""
+    from edgeres.bundle import sha256_file
+
+    shutil.copytree(bundle, dest)
+    write(dest / rel)
+    m = json.loads((dest / MANIFEST).read_text())
+    m["files"][rel] = sha256_file(dest / rel)
+    (dest / MANIFEST).write_text(json.dumps(m))
+    return dest
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _npz(**changes: object) -> Callable[[Path], None]:
+    """Rewrite an .npz with arrays replaced (a value of None drops the array)."""
+    import numpy as np
+
+    def write(path: Path) -> None:
+        with np.load(path) as data:
+            arrays = {**dict(data), **changes}
+        np.savez(path.with_suffix(""), **{k: v for k, v in arrays.items() if v is not None})
+
+    return write
+
+
+def _first_divisor(make: Callable[[object], object]) -> Callable[[Path], None]:
+    """Rewrite channel_scales.npz with its first array replaced by ``make(array)``."""
+    import numpy as np
+
+    def write(path: Path) -> None:
+        with np.load(path) as data:
+            arrays = dict(data)
+        first = sorted(arrays)[0]
+        arrays[first] = make(arrays[first])
+        np.savez(path.with_suffix(""), **arrays)
+
+    return write
+
+
+def _golden_cases() -> list:
+    import numpy as np
+
+    golden, scales = "golden/golden.npz", "golden/channel_scales.npz"
+    return [  # (file, how it is rewritten, what the message says)
+        (golden, _npz(y_raw=None), "has no array 'y_raw'"),
+        (golden, _npz(x=np.zeros((0, 1, 28, 28), np.float32),
+                      y_raw=np.zeros((0, 10), np.int8)), "'x' has 0 samples"),
+        (golden, _npz(x=np.array([[1], ["a"]], dtype=object)), "Object arrays cannot be loaded"),
+        (golden, _npz(x=np.array([["a"]])), "holds <U1 values, not numbers"),
+        (golden, _truncate, "not a readable .npz of the bundle"),
+        (golden, _npz(x=np.zeros((8, 3, 28, 28), np.float32)),
+         "'x' has shape [8, 3, 28, 28], but the manifest's input takes [N, 1, 28, 28]"),
+        (scales, _truncate, "not a readable .npz of the bundle"),
+        (scales, _first_divisor(lambda a: np.ones((3, 3))),
+         "must be one positive divisor per channel, not an array of shape [3, 3]"),
+        (scales, _first_divisor(lambda a: np.ones(a.size + 1)), "divisors, but the tensor has"),
+        ("model.tflite", _truncate, "model.tflite' is not a readable .tflite model"),
+        ("model.tflite", lambda p: p.write_bytes(bytes(range(256)) * 40),
+         "model.tflite' is not a readable .tflite model"),
+    ]
+
+
+@pytest.mark.parametrize("rel, write, message", _golden_cases(),
+                         ids=lambda v: v if isinstance(v, str) and "/" in v else None)
+def test_tampered_file_is_one_line(bundle, tmp_path, capsys, rel, write, message) -> None:
+    """A file rewritten with its hash updated: one line naming it, not a traceback."""
+    bad = rewritten(bundle, tmp_path / "bad", rel, write)
+    layers = ["--layers"] if "channel_scales" in rel else ["--no-layers"]
+    assert main(["check", str(bad), *layers]) == 2
+    line = one_line(capsys)
+    assert line.startswith("edgeres: error: ") and str(bad / rel) in line, line
+    assert message in line and line.endswith(REBUILD), line
 
 
 def test_model_file_linked_outside_the_bundle(bundle, tmp_path, capsys) -> None:

@@ -210,3 +210,17 @@ def test_bench_on_an_adb_profile_goes_to_the_phone_not_this_host(tmp_path: Path)
                            "--target", str(tmp_path / "phone.toml")], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2 and "'adb' was not found on PATH" in done.stderr
+
+
+def test_an_ignore_typo_fails_before_any_data_loads(tmp_path: Path, monkeypatch) -> None:
+    import edgeres.convert as convert_module
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data was loaded before the plan was checked")
+
+    monkeypatch.setattr(convert_module, "load_spec", no_data)
+    with pytest.raises(UserError, match=r"ignore list entries match no layer: \['nosuch'\]"):
+        convert(ConvertOptions(ignore=("nosuch",), out=tmp_path / "b", **FAST), progress=False)
+    with pytest.raises(UserError, match="w4 not supported by npu-int8-per-tensor"):
+        convert(ConvertOptions(target="npu-int8-per-tensor", bits="w4a8", out=tmp_path / "b",
+                               **FAST), progress=False)

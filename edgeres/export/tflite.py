@@ -153,11 +153,15 @@ def tflite_io_details(model: Path | bytes) -> tuple[list[TensorIO], list[TensorI
     convention (rank-4 tensors are NHWC), not something the file records.
     """
     data = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+    what = "model" if isinstance(model, bytes | bytearray) else f"'{model}'"
     try:
         m = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+        g = m.subgraphs[0]
+        [g.tensors[i] for i in [*g.inputs, *g.outputs]]  # noqa: B018 - random bytes may parse
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a tflite file"
-        raise UserError(f"not a readable .tflite model: {exc}") from exc
-    g = m.subgraphs[0]
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{what} is not a readable .tflite model (truncated or "
+                        f"corrupt: {detail[:60].rstrip()})") from exc
     names: dict[int, str] = {}
     for sig in m.signatureDefs or []:
         for tm in list(sig.inputs or []) + list(sig.outputs or []):
