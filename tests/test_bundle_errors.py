@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from edgeres.bundle import (
     MANIFEST,
@@ -26,22 +25,9 @@ from edgeres.cli import main
 from edgeres.errors import UserError
 from edgeres.harness.local import bench_local, max_threads
 from edgeres.targets import load_target, targets_dir
-from edgeres.zoo import create_model
-from edgeres.zoo.models import SHIPPED
 
 SMALL = ["--calib", "fmnist:train@32", "--eval", "fmnist:test@64", "--no-bench"]
 REBUILD = "rebuild the bundle with `edgeres convert`"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    """The shipped FMNIST weights, or random ones while they are not trained yet."""
-    shipped = SHIPPED / "mobilenet_v2_fmnist.pth"
-    if shipped.is_file():
-        return str(shipped)
-    path = tmp_path_factory.mktemp("w") / "mnv2.pth"
-    torch.save(create_model("mobilenet_v2_fmnist").state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,9 @@ from edgeres.check import layer_report
 from edgeres.cli import main
 from edgeres.convert import ConvertOptions, convert
 from edgeres.quant.ptq import layer_errors
-from edgeres.zoo import create_model
-from edgeres.zoo.models import SHIPPED
 
 FAST = dict(calib="fmnist:train@64", eval="fmnist:test@200", bench=False)
 QMODELS: dict = {}  # bundle path -> the QModel convert wrote it from
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    """The shipped FMNIST weights, or random ones while they are not trained yet."""
-    shipped = SHIPPED / "mobilenet_v2_fmnist.pth"
-    if shipped.is_file():
-        return str(shipped)
-    path = tmp_path_factory.mktemp("w") / "mnv2.pth"
-    torch.save(create_model("mobilenet_v2_fmnist").state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
