@@ -280,12 +280,30 @@ def _check_labels_and_preprocess(m: dict, bad: Callable[[str, str], UserError]) 
             if size is not None and type(size) is not int:
                 raise bad(f"inputs[{i}].preprocess.{key}", f"is {_show(size)}, not a whole "
                           "number of pixels (or null)")
+        pre, side = e["preprocess"], _image_side(e)
+        if side is not None and pre["crop"] not in (None, side):
+            raise bad(f"inputs[{i}].preprocess.crop", f"is {pre['crop']}, but the input is "
+                      f"{side} pixels square")
+        if side is not None and pre["resize"] is not None and not side <= pre["resize"] <= 8 * side:
+            raise bad(f"inputs[{i}].preprocess.resize", f"is {pre['resize']}, but an input of "
+                      f"{side} pixels is cropped from {side} to {8 * side}")
         c = channels(e)
         for key in ("mean", "std"):
             values = e["preprocess"][key]
             if c is not None and len(values) != c:
                 raise bad(f"inputs[{i}].preprocess.{key}", f"has {len(values)} values, but "
                           f"the {e['layout']} input has {c} channels")
+        if not all(1e-6 <= v <= 1e6 for v in pre["std"]) or not all(
+                abs(v) <= 1e6 for v in pre["mean"]):
+            raise bad(f"inputs[{i}].preprocess", "has a std outside [1e-6, 1e6] or a mean "
+                      "beyond +-1e6: pixel/255 normalization never needs that")
+
+
+def _image_side(entry: dict) -> int | None:
+    """An image input's side in pixels (square), from its shape and layout; else None."""
+    shape, layout = entry["shape"], entry.get("layout")
+    h = shape[1] if layout == "NHWC" else shape[2] if layout == "NCHW" else None
+    return h if type(h) is int else None
 
 
 def nonfinite_key(obj: object, path: str = "") -> str | None:

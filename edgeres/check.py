@@ -381,6 +381,8 @@ def load_golden(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
         shown = "[" + ", ".join(["N", *("N" if w is None else str(w) for w in want[1:])]) + "]"
         raise UserError(f"{path}: 'x' has shape {list(x.shape)}, but the manifest's input "
                         f"takes {shown} (float NCHW); {REBUILD}")
+    if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+        raise UserError(f"{path}: 'x' must hold finite floats; {REBUILD}")
     if len(x) == 0 or y.ndim == 0 or len(y) != len(x):
         raise UserError(f"{path}: 'x' has {len(x)} samples and 'y_raw' "
                         f"{len(y) if y.ndim else 0}; both need the same number, at least 1; "

@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 a stated accuracy floor was missed, 2 bad input (one-line me
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ app = typer.Typer(
     help="Quantize residual mobile networks and ship them, checked, to devices.",
 )
 out = Console()
+# OS errors about a path the user gave: one line, not a traceback
+USER_OS_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.EROFS,
+                  errno.ENOSPC, errno.EDQUOT}
 InputOption = Annotated[str, typer.Option(
     "--input", help="normalized: the model takes (pixel/255-mean)/std; pixels: it takes "
     "pixel - P at scale 1, camera bytes as they are (README: --input pixels)")]
@@ -450,6 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         return 130
+    except OSError as exc:
+        if exc.errno not in USER_OS_ERRORS:
+            raise
+        where = f" '{exc.filename}'" if exc.filename else ""
+        _fail(f"edgeres: error:{where}: {exc.strerror} (check the path and its permissions)")
+        return 2
     except Exception as exc:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # typer's usage errors
             exc.show()

@@ -53,7 +53,7 @@ from edgeres.graph.pixels import (
     to_pixels,
 )
 from edgeres.graph.rewrites import lower_for_target
-from edgeres.paths import check_output_folder
+from edgeres.paths import check_output_folder, enclosing_bundle
 from edgeres.quant.plan import is_depthwise, make_plan
 from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
@@ -216,30 +216,21 @@ def bundle_dir(opts: ConvertOptions, rm: ResolvedModel, target: Target) -> Path:
     return Path(os.path.normpath(opts.out))
 
 
-def _enclosing_bundle(path: Path) -> Path | None:
-    """The bundle folder ``path`` would sit inside, if any (writing there breaks that bundle:
-    its next convert refuses the unlisted files)."""
-    for parent in path.resolve().parents:
-        if (parent / MANIFEST).is_file():
-            return parent
-    return None
-
-
 def _check_place(path: Path, flag: str) -> None:
     here = Path.cwd().resolve()
     if path.resolve() == here or path.resolve() in here.parents:
         raise UserError(f"{flag} {path} is the current folder or holds it; name a folder "
                         "beside it, e.g. out/my-bundle")
-    if (inside := _enclosing_bundle(path)) is not None:
+    if (inside := enclosing_bundle(path)) is not None:
         raise UserError(f"{flag} {path} is inside the bundle {inside}; name a folder outside it")
 
 
 def check_output_paths(opts: ConvertOptions, out: Path) -> None:
     """The bundle folder (its .rejected twin when gated, QAT's checkpoint folder and the
     checkpoint to resume) can be used: said in a second, not after calibration or training."""
+    check_output_folder(out, "--out")
     _check_place(out, "--out")
     check_replaceable(out)
-    check_output_folder(out, "--out")
     if opts.min_agreement is not None or opts.max_drop is not None:
         check_replaceable(rejected_dir(out))  # where a missed gate puts the bundle
     if opts.scheme in ("qat", "rex+qat"):

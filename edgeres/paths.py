@@ -50,18 +50,48 @@ def _probe_parent(path: Path, option: str) -> None:
     os.unlink(probe)
 
 
+NAME_MAX = 255  # bytes in one path component on Linux file systems
+
+
+def enclosing_bundle(path: Path) -> Path | None:
+    """The edgeres bundle folder ``path`` would sit inside, if any: writing there breaks it
+    (its hashes, or its next convert, which refuses files its manifest does not list)."""
+    for parent in Path(path).resolve().parents:
+        if (parent / "manifest.json").is_file():
+            return parent
+    return None
+
+
+def _check_names(path: Path, option: str) -> None:
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(f"{option}: the name '{part[:40]}...' is longer than {NAME_MAX} "
+                            "bytes, which file systems refuse; pick a shorter one")
+
+
 def check_output_file(path: Path, option: str, example: str = "out.npz") -> None:
-    """``path`` can be written as a file (renamed into place from a sibling temporary)."""
+    """``path`` can be written as a file (renamed into place from a sibling temporary): not a
+    folder, not inside a bundle, and not an existing file of another kind (it would be lost)."""
     path = Path(path)
+    _check_names(path, option)
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder; name the file to write, "
                         f"e.g. {option} {path / example}")
+    if (inside := enclosing_bundle(path)) is not None:
+        raise UserError(f"{option} {path} is inside the bundle {inside}; write it elsewhere")
+    suffix = Path(example).suffix
+    if path.exists() and path.suffix.lower() != suffix:
+        raise UserError(f"{option} {path} exists and is not a {suffix} file; refusing to "
+                        f"overwrite it (name a {suffix} file)")
     _probe_parent(path, option)
 
 
 def check_output_folder(path: Path, option: str) -> None:
     """``path`` can be created (or replaced) as a folder: staged beside it, then renamed."""
     path = Path(path)
+    _check_names(path, option)
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{option} {path} is a link to nothing; remove it or pick another path")
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} is a file, not a folder; pick another path")
     _probe_parent(path, option)

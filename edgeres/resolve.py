@@ -180,7 +180,7 @@ def _call_factory(spec: str) -> nn.Module:
         module = importlib.import_module(mod_name)
     except ImportError as exc:
         raise UserError(f"cannot import '{mod_name}' for '{spec}': {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - user code: a syntax error, a raise at import
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code: a syntax error, a raise
         raise UserError(f"cannot import '{mod_name}' for '{spec}' ({_one_line(exc)}): fix the "
                         "module") from exc
     finally:
@@ -199,7 +199,7 @@ def _call_factory(spec: str) -> nn.Module:
                         "calls the factory with no arguments: give them defaults or wrap it")
     try:
         model = factory()
-    except Exception as exc:  # noqa: BLE001 - user code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code (sys.exit too)
         raise UserError(f"'{spec}' failed ({_one_line(exc)}): fix the factory, or make it "
                         "callable with no arguments") from exc
     if not isinstance(model, nn.Module):

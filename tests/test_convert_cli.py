@@ -409,7 +409,7 @@ def test_someone_elses_folder_is_never_replaced(tmp_path, capsys) -> None:
     (theirs / "notes.txt").write_text("important")
     (tmp_path / "a_file").write_text("x")
     for out, message in ((theirs, "exists and is not an edgeres bundle"),
-                         (tmp_path / "a_file", "is a file, not a bundle folder")):
+                         (tmp_path / "a_file", "is a file, not a folder")):
         assert main(["convert", "mobilenet_v2_fmnist", "--out", str(out), "--no-bench"]) == 2
         assert message in capsys.readouterr().err
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]

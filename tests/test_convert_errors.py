@@ -224,3 +224,50 @@ def test_an_ignore_typo_fails_before_any_data_loads(tmp_path: Path, monkeypatch)
     with pytest.raises(UserError, match="w4 not supported by npu-int8-per-tensor"):
         convert(ConvertOptions(target="npu-int8-per-tensor", bits="w4a8", out=tmp_path / "b",
                                **FAST), progress=False)
+
+
+def test_output_files_never_overwrite_another_kind_or_land_in_a_bundle(tmp_path: Path) -> None:
+    from edgeres.paths import check_output_file, check_output_folder
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="exists and is not a .npz file"):
+        check_output_file(tmp_path / "notes.txt", "-o", "calib.npz")
+    (tmp_path / "old.npz").write_bytes(b"")
+    check_output_file(tmp_path / "old.npz", "-o", "calib.npz")  # rebuilding one: fine
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match="is inside the bundle"):
+        check_output_file(bundle / "manifest.npz", "-o", "calib.npz")
+    with pytest.raises(UserError, match="longer than 255 bytes"):
+        check_output_file(tmp_path / ("L" * 300 + ".npz"), "-o", "calib.npz")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="is a link to nothing"):
+        check_output_folder(tmp_path / "dangling", "--out")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_factory_that_calls_sys_exit_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "exits.py").write_text("import sys\n\ndef f():\n    sys.exit(0)\n")
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "edgeres.cli", "convert", "exits:f",
+                           "--no-bench", "--out", str(tmp_path / "b")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "'exits:f' failed (SystemExit: 0)" in done.stderr
+
+
+def test_resume_from_a_file_whose_meta_is_not_a_dict(tmp_path: Path) -> None:
+    from edgeres.quant.qat_train import load_checkpoint
+
+    for meta in (torch.zeros(2), [1, 2]):
+        torch.save({"meta": meta}, tmp_path / "ck.pt")
+        with pytest.raises(UserError, match="is not an edgeres QAT checkpoint"):
+            load_checkpoint(tmp_path / "ck.pt", {})
+
+
+def test_os_errors_on_user_paths_are_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "edgeres.cli", "check",
+                           str(tmp_path / ("L" * 300))], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "File name too long" in done.stderr and len(done.stderr.strip().splitlines()) == 1

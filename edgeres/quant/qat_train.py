@@ -261,7 +261,8 @@ def load_checkpoint(path: Path, meta: dict) -> dict:
     from edgeres.resolve import load_torch_file
 
     ckpt = load_torch_file(path, "checkpoint", "pass a checkpoint edgeres qat wrote")
-    if not isinstance(ckpt, dict) or ckpt.get("meta", {}).get("format") != CHECKPOINT_FORMAT:
+    meta_saved = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if not isinstance(meta_saved, dict) or meta_saved.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"'{path}' is not an edgeres QAT checkpoint ({CHECKPOINT_FORMAT})")
     diffs = _mismatches(ckpt["meta"], meta)
     if diffs:

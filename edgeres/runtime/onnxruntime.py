@@ -77,6 +77,11 @@ def _ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as exc:
+        cause: BaseException | None = exc
+        while cause is not None:  # Ctrl-C inside its import surfaces as an ImportError
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            cause = cause.__cause__ or cause.__context__
         raise UserError(
             "onnxruntime is not installed; install it with `pip install onnxruntime` "
             "to run or check ONNX models"
