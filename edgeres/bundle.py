@@ -1,9 +1,9 @@
 """The app-build bundle: model file(s), float reference, manifest, golden vectors, report.
 
 Layout and the ``edgeres.bundle/1`` manifest are documented in the README and in
-``edgeres/bundle.schema.json``. Bundles are staged in a sibling temporary folder and swapped
-into place, so an interrupted convert leaves the previous bundle intact; file contents are
-deterministic, so the same inputs give byte-identical bundles.
+``edgeres/bundle.schema.json``. Bundles are written through :mod:`edgeres.staging`, so an
+interrupted convert leaves the previous bundle intact; file contents are deterministic, so
+the same inputs give byte-identical bundles.
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
 
 from edgeres.errors import UserError
-from edgeres.paths import current_umask
 
 SCHEMA = "edgeres.bundle/1"
 MANIFEST = "manifest.json"
@@ -90,59 +86,6 @@ def check_replaceable(out_dir: Path) -> None:
         if rel != MANIFEST and rel not in listed:
             raise UserError(f"'{out_dir}' holds '{rel}', which is not a file of the bundle there; "
                             "refusing to replace it: pass another --out or move that file out")
-
-
-def _publish_modes(stage: Path) -> None:
-    """Folders 0o777 and files 0o666, less the umask: what any other tool would make. mkdtemp
-    and mkstemp make 0700 / 0600, and a bundle must be readable by builds and other users."""
-    umask = current_umask()
-    os.chmod(stage, 0o777 & ~umask)
-    for dirpath, dirnames, filenames in os.walk(stage):
-        for name in dirnames:
-            os.chmod(Path(dirpath) / name, 0o777 & ~umask, follow_symlinks=False)
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not path.is_symlink():
-                os.chmod(path, 0o666 & ~umask)
-
-
-@dataclass
-class Staging:
-    """A bundle being written: files go in ``path``; on success it is renamed to ``dest``,
-    which the writer may change until then (a bundle that misses its gate goes aside)."""
-
-    path: Path
-    dest: Path
-
-
-@contextmanager
-def staged_bundle(out_dir: Path) -> Iterator[Staging]:
-    """Yield an empty staging folder; on success it replaces ``staging.dest`` (``out_dir``
-    unless changed) in one rename.
-
-    The old bundle is moved aside first and deleted only after the new one is in place.
-    """
-    out_dir = Path(out_dir)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
-    except OSError as exc:
-        raise UserError(f"cannot write the bundle to '{out_dir}': {exc.strerror or exc}") from exc
-    staging = Staging(stage, out_dir)
-    try:
-        yield staging
-        _publish_modes(stage)
-        dest, old = staging.dest, None
-        if dest.exists():
-            check_replaceable(dest)
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.replace(dest, old / "bundle")
-        os.replace(stage, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_manifest(stage: Path, manifest: dict) -> dict:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeres.errors import AccuracyFloorError, UserError
+from edgeres.errors import AccuracyFloorError, BundleWrittenInterrupt, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -240,10 +240,13 @@ def _run_convert(opts, as_json: bool) -> None:  # noqa: ANN001 - ConvertOptions
         result = exc.result  # type: ignore[attr-defined]
     if result is None:  # a torchrun worker rank: rank 0 writes and prints the bundle
         return
-    if as_json:
-        print(json.dumps(result.summary(), sort_keys=True))
-    else:
-        _print_summary(result)
+    from edgeres.staging import after_publish
+
+    with after_publish(result.bundle):
+        if as_json:
+            print(json.dumps(result.summary(), sort_keys=True))
+        else:
+            _print_summary(result)
     if floor_error is not None:
         _fail(f"edgeres: {floor_error}")  # one line, as every other error
         raise typer.Exit(1)
@@ -256,6 +259,9 @@ def qat(
     bits: Annotated[str, typer.Option(help="w8a8, w4a8, ...")] = "w8a8",
     epochs: Annotated[int, typer.Option(help="epochs of the cosine schedule")] = 3,
     steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
+    batch: Annotated[int | None, typer.Option(
+        help="images per step over all processes [default: 128] (the lr stays the same)")
+    ] = None,
     train: Annotated[
         str | None, typer.Option(help="training data spec (unlabelled: distillation only)")
     ] = None,
@@ -289,6 +295,7 @@ def qat(
         out=out_dir,
         qat_steps=steps,
         qat_epochs=epochs,
+        qat_batch=batch,
         train=train,
         qat_dir=checkpoints,
         resume=resume,
@@ -447,9 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         _fail(f"edgeres: error: {exc}")
         return 2
-    except AccuracyFloorError as exc:
+    except (AccuracyFloorError, BundleWrittenInterrupt) as exc:
         _fail(f"edgeres: {exc}")
-        return 1
+        return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

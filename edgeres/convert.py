@@ -26,7 +26,6 @@ from edgeres.bundle import (
     Bundle,
     check_replaceable,
     load_bundle,
-    staged_bundle,
     write_manifest,
 )
 from edgeres.check import (
@@ -59,6 +58,7 @@ from edgeres.quant.ptq import layer_errors, quantize_graph
 from edgeres.quant.qmodel import QModel
 from edgeres.report import write_report
 from edgeres.resolve import ResolvedModel, parse_bits, resolve_model
+from edgeres.staging import after_publish, staged_bundle
 from edgeres.target_extras import mcu_extras, vela_extras
 from edgeres.targets import Target, load_target
 
@@ -190,6 +190,8 @@ def qat_setup(  # noqa: ANN201 - (QATConfig, str, str)
     wbits, abits = parse_bits(opts.bits)
     cfg = QATConfig(weight_bits=wbits, act_bits=abits, epochs=opts.qat_epochs,
                     steps=opts.qat_steps)
+    if opts.qat_batch is not None:
+        cfg = replace(cfg, batch=opts.qat_batch)
     if folded is not None:  # pixels in: the input stays at one code per byte
         cfg = replace(cfg, input_range=pixel_range(folded), input_gain=input_gain(folded))
     train_spec = opts.train or ("fmnist:train" if rm.label_set == "fmnist" else None)
@@ -450,7 +452,7 @@ def convert(
     out = bundle_dir(opts, rm, target)
     x_eval = evalset.x.numpy().astype(np.float32)
     y_eval = evalset.y.numpy() if evalset.y is not None else None
-    with staged_bundle(out) as staging:
+    with staged_bundle(out, log=console.log) as staging:
         stage = staging.path
         model_file, info = _export(qmodel, graph, target, stage)
         inputs, outputs = _io_entries(
@@ -542,8 +544,9 @@ def convert(
     if opts.bench:
         from edgeres.harness.local import bench_local
 
-        result.bench = bench_local(staging.dest / model_file, target,
-                                   threads=opts.threads).to_json()
+        with after_publish(staging.dest):
+            result.bench = bench_local(staging.dest / model_file, target,
+                                       threads=opts.threads).to_json()
     if failed:
         kept = f"{out} keeps what it held" if out.exists() else f"{out} was not written"
         exc = AccuracyFloorError("; ".join(failed) + f": the bundle went to {staging.dest}, "

@@ -40,6 +40,7 @@ class ConvertOptions:
     rex_budget_macs: float | None = None
     qat_steps: int | None = 200
     qat_epochs: int = 1
+    qat_batch: int | None = None  # QAT batch over all processes (None: QATConfig's, 128)
     train: str | None = None  # QAT training data spec (default: the model's labelled train set)
     qat_dir: Path | None = None  # QAT checkpoints (default: <out>.qat next to the bundle)
     resume: Path | None = None
@@ -71,6 +72,10 @@ class ConvertOptions:
         if self.input not in get_args(InputMode):
             raise UserError(f"--input must be one of {' | '.join(get_args(InputMode))}, got "
                             f"'{self.input}'")
+        if self.qat_batch is not None and self.qat_batch < 1:
+            raise UserError(f"--batch: the QAT batch must be >= 1, got {self.qat_batch}")
+        if self.qat_batch is not None and "qat" not in self.scheme:
+            raise UserError(f"--batch applies to QAT only, not --scheme '{self.scheme}'")
         if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop >= 0):
             raise UserError(f"--max-drop is the largest top-1 loss in points allowed, >= 0; "
                             f"got {self.max_drop}")

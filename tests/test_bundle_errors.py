@@ -18,12 +18,12 @@ from edgeres.bundle import (
     SCHEMA_FILE,
     check_replaceable,
     load_bundle,
-    staged_bundle,
     write_manifest,
 )
 from edgeres.cli import main
 from edgeres.errors import UserError
 from edgeres.harness.local import bench_local, max_threads
+from edgeres.staging import staged_bundle
 from edgeres.targets import load_target, targets_dir
 
 SMALL = ["--calib", "fmnist:train@32", "--eval", "fmnist:test@64", "--no-bench"]

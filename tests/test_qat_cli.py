@@ -15,7 +15,8 @@ SMALL = ["--train", "fmnist:train@256", "--eval", "fmnist:test@100", "--calib", 
 
 def test_qat_command_writes_a_checked_bundle_and_a_checkpoint(tmp_path, capsys) -> None:
     out = tmp_path / "mnv2-qat"
-    argv = ["qat", "mobilenet_v2_fmnist", "--bits", "w8a8", "--epochs", "1", "--steps", "2"]
+    argv = ["qat", "mobilenet_v2_fmnist", "--bits", "w8a8", "--epochs", "1", "--steps", "2",
+            "--batch", "64"]
     rc = main([*argv, *SMALL, "--out", str(out), "--no-bench", "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -24,6 +25,7 @@ def test_qat_command_writes_a_checked_bundle_and_a_checkpoint(tmp_path, capsys) 
     # The bundle's file, run in LiteRT, against float.onnx on the 100 evaluation images.
     assert summary["samples"] == 100 and summary["top1_agreement"] >= 90.0
     assert (tmp_path / "mnv2-qat.qat" / CHECKPOINT_NAME).is_file()
+    assert json.loads((out / "report.json").read_text())["config"]["batch"] == 64
 
 
 def test_worker_ranks_train_but_write_no_bundle(tmp_path, monkeypatch) -> None:
@@ -58,6 +60,7 @@ def test_unlabelled_training_data_distils_from_the_float_model(tmp_path) -> None
         (["qat", "mobilenet_v2_100", "--steps", "1", "--calib", "photos@2"], "--train SPEC"),
         (["qat", "mobilenet_v2_fmnist", "--epochs", "0"], "epochs must be >= 1"),
         (["qat", "mobilenet_v2_fmnist", "--bits", "w9a8"], "w9a8"),
+        (["qat", "mobilenet_v2_fmnist", "--batch", "0"], "--batch: the QAT batch must be >= 1"),
     ],
 )
 def test_bad_qat_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path: Path) -> None:
@@ -65,3 +68,13 @@ def test_bad_qat_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path: P
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_training_data_smaller_than_a_batch_names_the_batch_option(capsys, tmp_path) -> None:
+    argv = ["qat", "mobilenet_v2_fmnist", "--train", "fmnist:train@64", "--calib",
+            "fmnist:train@32", "--steps", "1", "--out", str(tmp_path / "b"), "--no-bench"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "edgeres: error: training data 'fmnist:train@64' has 64 samples, fewer than one batch "
+        "of 128; add data or lower --batch")
+    assert main([*argv, "--batch", "32"]) == 0

@@ -577,7 +577,7 @@ def _run(model, target, cfg, train, val, out_dir, resume, show, d, started, rex)
     per_epoch = len(train) // cfg.batch
     if per_epoch == 0:
         raise UserError(f"training data '{train.name}' has {len(train)} samples, fewer than "
-                        f"one batch of {cfg.batch}; add data or lower QATConfig.batch")
+                        f"one batch of {cfg.batch}; add data or lower --batch")
     check_plan(graph, target, cfg)
     meta = _run_meta(label, graph, target, cfg, len(train), rex)
     ckpt = load_checkpoint(resume, meta) if resume is not None else None

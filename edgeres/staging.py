@@ -1,0 +1,221 @@
+"""Writing a bundle folder so that no interruption loses one.
+
+A bundle is staged in a hidden sibling folder (``.OUT.staging-XXXX``) and renamed over
+``OUT`` in one step; the bundle it replaces is moved aside (``.OUT.old-XXXX``) first and
+deleted after. Three things can interrupt that, and each is handled here:
+
+- Ctrl-C or SIGTERM while staging: the staging folder is removed and ``OUT`` keeps what it
+  held (the CLI turns SIGTERM into SystemExit, so ``finally`` runs).
+- Ctrl-C or SIGTERM between the two renames, when ``OUT`` would not exist: both signals are
+  held back until the new bundle is in place (``_signals_deferred``).
+- SIGKILL, a crash or a power cut, which no code sees: the next convert to the same ``OUT``
+  sweeps what was left (``sweep_abandoned``), and puts an old bundle back if the run died
+  between the renames. A run holds an ``flock`` on each folder it made for as long as it
+  lives, and the kernel drops it when the process dies however it dies, so a folder whose
+  lock can be taken belongs to nobody. (Written by hand: no library does this for folders.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeres.bundle import check_replaceable
+from edgeres.errors import BundleWrittenInterrupt, UserError
+from edgeres.paths import current_umask
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; nothing is swept there
+    fcntl = None  # type: ignore[assignment]
+
+# A folder younger than this is never swept: its run may not have taken its lock yet.
+SWEEP_MIN_AGE_S = 10.0
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class Staging:
+    """A bundle being written: files go in ``path``; on success it is renamed to ``dest``,
+    which the writer may change until then (a bundle that misses its gate goes aside).
+    ``published`` turns true once ``dest`` holds the new bundle."""
+
+    path: Path
+    dest: Path
+    published: bool = False
+    swept: list[str] = field(default_factory=list)
+
+
+def _hold_lock(folder: Path) -> int | None:
+    """An open descriptor holding an exclusive flock on ``folder`` (None without flock)."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing drops the flock
+
+
+def _abandoned(folder: Path) -> bool:
+    """True when no live process holds ``folder`` and it is old enough to be sure of that."""
+    try:
+        if time.time() - folder.lstat().st_mtime < SWEEP_MIN_AGE_S or folder.is_symlink():
+            return False
+    except OSError:
+        return False
+    fd = _hold_lock(folder)
+    _release(fd)
+    return fd is not None
+
+
+def sweep_abandoned(out_dir: Path) -> list[str]:
+    """Remove the staging and moved-aside folders that dead runs left beside ``out_dir`` (and
+    its ``.rejected`` twin), restoring a moved-aside bundle whose place is empty. Returns one
+    line per folder for the log."""
+    if fcntl is None:
+        return []
+    parent, name = out_dir.parent, out_dir.name
+    old_prefixes = {f".{name}.old-": out_dir,
+                    f".{name}.rejected.old-": out_dir.with_name(name + ".rejected")}
+    done = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        dest = next((d for p, d in old_prefixes.items() if entry.name.startswith(p)), None)
+        staging = entry.name.startswith(f".{name}.staging-")
+        if (dest is None and not staging) or not entry.is_dir() or not _abandoned(entry):
+            continue
+        kept = entry / "bundle"
+        if dest is not None and kept.is_dir() and not os.path.lexists(dest):
+            os.replace(kept, dest)
+            done.append(f"restored {dest} from {entry.name}, where an interrupted run had "
+                        "moved it")
+        else:
+            done.append(f"removed {entry.name}, left by an interrupted run")
+        shutil.rmtree(entry, ignore_errors=True)
+    return done
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for a few system calls; they arrive when it ends.
+
+    The Python handlers are swapped rather than the signals masked: a mask is per thread, and
+    a convert has other threads (progress bars, runtimes) that would take the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                for s in _DEFERRED}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # now to the handler that was in place
+
+
+def _publish_modes(stage: Path) -> None:
+    """Folders 0o777 and files 0o666, less the umask: what any other tool would make. mkdtemp
+    and mkstemp make 0700 / 0600, and a bundle must be readable by builds and other users."""
+    umask = current_umask()
+    os.chmod(stage, 0o777 & ~umask)
+    for dirpath, dirnames, filenames in os.walk(stage):
+        for name in dirnames:
+            os.chmod(Path(dirpath) / name, 0o777 & ~umask, follow_symlinks=False)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                os.chmod(path, 0o666 & ~umask)
+
+
+def _interrupt_code(exc: BaseException) -> int | None:
+    """The exit status of an interrupt: Ctrl-C, or the CLI's SIGTERM handler (not a plain
+    ``sys.exit``)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
+        return exc.code
+    return None
+
+
+@contextmanager
+def after_publish(dest: Path) -> Iterator[None]:
+    """Work done once ``dest`` holds a complete bundle (benchmarks, the summary): an interrupt
+    there becomes :class:`BundleWrittenInterrupt`, which says the bundle is complete."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if (code := _interrupt_code(exc)) is None:
+            raise
+        raise BundleWrittenInterrupt(dest, code) from exc
+
+
+@contextmanager
+def staged_bundle(out_dir: Path,
+                  log: Callable[[str], object] | None = None) -> Iterator[Staging]:
+    """Yield an empty staging folder; on success it replaces ``staging.dest`` (``out_dir``
+    unless changed) in one rename, if :func:`check_replaceable` agrees. ``log`` gets a line
+    per folder swept (see :func:`sweep_abandoned`).
+
+    The old bundle is moved aside first and deleted only after the new one is in place.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        swept = sweep_abandoned(out_dir)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write the bundle to '{out_dir}': {exc.strerror or exc}") from exc
+    for line in swept:
+        if log is not None:
+            log(line)
+    staging = Staging(stage, out_dir, swept=swept)
+    stage_lock, old_lock, old = _hold_lock(stage), None, None
+    try:
+        yield staging
+        _publish_modes(stage)
+        dest = staging.dest
+        if dest.exists():
+            check_replaceable(dest)
+        try:
+            with _signals_deferred():
+                if dest.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+                    old_lock = _hold_lock(old)
+                    os.replace(dest, old / "bundle")
+                os.replace(stage, dest)
+                staging.published = True
+        except (KeyboardInterrupt, SystemExit) as exc:  # a signal held back above lands here
+            if not staging.published or (code := _interrupt_code(exc)) is None:
+                raise
+            raise BundleWrittenInterrupt(dest, code) from exc
+    finally:
+        _release(stage_lock)
+        if not staging.published and stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+        if old is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(old)
+        _release(old_lock)

@@ -1,0 +1,171 @@
+"""No interruption loses a bundle: signals during the swap, SIGKILL leftovers, Ctrl-C after.
+
+The folders here are made by hand where the test is about what a dead run leaves; one test
+SIGKILLs a real convert.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeres.bundle import load_bundle, write_manifest
+from edgeres.cli import main
+from edgeres.errors import BundleWrittenInterrupt
+from edgeres.staging import _hold_lock, _release, _signals_deferred, staged_bundle, sweep_abandoned
+
+FAST = ["--calib", "fmnist:train@32", "--eval", "fmnist:test@64"]
+LONG_AGO = time.time() - 3600
+
+
+def _left_behind(folder: Path, mtime: float = LONG_AGO) -> Path:
+    """A folder as a dead run leaves it: some files, last written an hour ago."""
+    (folder / "golden").mkdir(parents=True)
+    (folder / "model.tflite").write_bytes(b"half")
+    os.utime(folder, (mtime, mtime))
+    return folder
+
+
+def _bundle(folder: Path, text: str) -> Path:
+    folder.mkdir()
+    (folder / "model.tflite").write_text(text)
+    write_manifest(folder, {})
+    return folder
+
+
+def test_a_dead_runs_staging_folder_is_swept_by_the_next(tmp_path: Path) -> None:
+    _left_behind(tmp_path / ".out.staging-dead1")
+    _left_behind(tmp_path / ".out.rejected.old-dead2")
+    _left_behind(tmp_path / ".outer.staging-other")  # another --out's: not ours
+    lines = sweep_abandoned(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".outer.staging-other"]
+    assert len(lines) == 2 and all("left by an interrupted run" in line for line in lines)
+
+
+def test_a_bundle_moved_aside_by_a_run_that_died_is_put_back(tmp_path: Path) -> None:
+    """SIGKILL between the two renames: OUT is gone and the old bundle sits in .OUT.old-*."""
+    old = tmp_path / ".out.old-dead"
+    old.mkdir()
+    _bundle(old / "bundle", "previous")
+    _left_behind(tmp_path / ".out.staging-dead")
+    os.utime(old, (LONG_AGO, LONG_AGO))
+    logged: list[str] = []
+    with staged_bundle(tmp_path / "out", log=logged.append) as staging:
+        assert (tmp_path / "out" / "model.tflite").read_text() == "previous"
+        (staging.path / "model.tflite").write_text("new")
+        write_manifest(staging.path, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.tflite").read_text() == "new"
+    assert any(line.startswith("restored") for line in logged)
+
+
+def test_a_moved_aside_bundle_is_only_deleted_when_out_holds_one(tmp_path: Path) -> None:
+    """SIGKILL after the swap but before the old copy was deleted: OUT is the newer one."""
+    _bundle(tmp_path / "out", "newer")
+    old = tmp_path / ".out.old-dead"
+    old.mkdir()
+    _bundle(old / "bundle", "older")
+    os.utime(old, (LONG_AGO, LONG_AGO))
+    sweep_abandoned(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.tflite").read_text() == "newer"
+
+
+def test_a_live_runs_folders_and_young_ones_are_left_alone(tmp_path: Path) -> None:
+    live = _left_behind(tmp_path / ".out.staging-live")
+    young = _left_behind(tmp_path / ".out.staging-young", mtime=time.time())
+    holder = subprocess.Popen(  # another process holds the lock, as a running convert does
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+         "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print(flush=True); time.sleep(60)",
+         str(live)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline()
+        assert sweep_abandoned(tmp_path / "out") == []
+        assert live.is_dir() and young.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    fd = _hold_lock(live)  # the kernel dropped the lock with the process
+    assert fd is not None
+    _release(fd)
+    assert sweep_abandoned(tmp_path / "out") and not live.exists() and young.is_dir()
+
+
+def test_sigkill_leftovers_are_swept_by_the_next_convert(tmp_path: Path, monkeypatch) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "edgeres.cli", "convert", "--no-bench",
+                             "--calib", "fmnist:train@32", "--eval", "fmnist:test@1000",
+                             "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob(".b.staging-*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no staging folder appeared"
+        time.sleep(0.05)
+    assert proc.poll() is None, "the convert finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    assert list(tmp_path.glob(".b.staging-*")), "SIGKILL runs no cleanup"
+    monkeypatch.setattr("edgeres.staging.SWEEP_MIN_AGE_S", 0.0)
+    assert main(["convert", *FAST, "--no-bench", "--out", str(tmp_path / "b")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    load_bundle(tmp_path / "b")
+
+
+def test_signals_wait_until_the_swap_is_done(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM between moving the old bundle aside and renaming the new one in: it lands after
+    the rename, so OUT is never missing, and says the bundle is complete."""
+    _bundle(tmp_path / "out", "old")
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    real_replace = os.replace
+
+    def replace_with_a_signal(src, dst) -> None:  # noqa: ANN001
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_replace(src, dst)
+
+    try:
+        with pytest.raises(BundleWrittenInterrupt) as info, \
+                staged_bundle(tmp_path / "out") as staging:
+            (staging.path / "model.tflite").write_text("new")
+            write_manifest(staging.path, {})
+            monkeypatch.setattr(os, "replace", replace_with_a_signal)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.tflite").read_text() == "new"
+
+
+def test_deferred_signals_arrive_once_it_ends() -> None:
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with _signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert got == []
+        time.sleep(0.05)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_ctrl_c_during_the_benchmark_says_the_bundle_is_complete(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    def interrupted(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("edgeres.harness.local.bench_local", interrupted)
+    assert main(["convert", *FAST, "--out", str(tmp_path / "b")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress log
+    assert err == (f"edgeres: interrupted after the bundle was written: {tmp_path / 'b'} is "
+                   "complete and checked (what came after it, such as the benchmark, did not "
+                   "finish)")
+    load_bundle(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
