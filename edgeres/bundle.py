@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 
 from edgeres.errors import UserError
+from edgeres.gates import check_gates_record
 
 SCHEMA = "edgeres.bundle/1"
 MANIFEST = "manifest.json"
@@ -192,6 +193,11 @@ def _check_semantics(root: Path, mpath: Path, m: dict) -> None:
                 raise bad(f"{group}[{i}].shape", f"is {_show(shape)}, but layout "
                           f"{e['layout']} needs 4 dimensions, the last 3 positive integers")
     _check_labels_and_preprocess(m, bad)
+    if m["metrics"].get("centre_samples") and m["metrics"]["centre_samples"] > m["metrics"][
+            "samples"]:
+        raise bad("metrics.centre_samples", f"is {m['metrics']['centre_samples']}, more than "
+                  f"the {m['metrics']['samples']} samples")
+    check_gates_record(m, bad)
 
 
 INT_DTYPES = ("int8", "uint8", "int16", "uint16")

@@ -505,25 +505,6 @@ def layer_report(bundle: Bundle, x: np.ndarray) -> LayerReport:
     return report
 
 
-def floor_failures(metrics: dict, min_agreement: float | None,
-                   max_drop: float | None) -> list[str]:
-    """The stated floors (``--min-agreement``, ``--max-drop``) that ``metrics`` misses, one
-    phrase each; convert and check gate on the same words."""
-    out = []
-    agreement = metrics["top1_agreement"]
-    if min_agreement is not None and agreement < min_agreement:
-        expected = metrics.get("expected_agreement")
-        note = (f" (expected at this noise level: {expected:.1f} +- "
-                f"{metrics['agreement_sd']:.1f}%)" if expected is not None else "")
-        out.append(f"top-1 agreement {agreement:.2f}% is below --min-agreement "
-                   f"{min_agreement}%{note}")
-    if max_drop is not None and metrics.get("float_top1") is not None:
-        drop = metrics["float_top1"] - metrics["quant_top1"]
-        if drop > max_drop:
-            out.append(f"accuracy drop {drop:.2f} points exceeds --max-drop {max_drop}")
-    return out
-
-
 def golden_tolerance(bundle: Bundle, runtime: str | None = None) -> int:
     """The code difference :func:`check_golden` may find on ``runtime`` (see GOLDEN_TOLERANCE)."""
     written = HOST_RUNTIME[bundle.manifest["runtime"]]  # convert writes them with this one

@@ -14,7 +14,6 @@ from edgeres.check import (
     RUNTIMES,
     check_golden,
     evaluate,
-    floor_failures,
     golden_tolerance,
     layer_report,
     load_golden,
@@ -22,6 +21,7 @@ from edgeres.check import (
 )
 from edgeres.data.preprocess import Preprocess
 from edgeres.errors import UserError
+from edgeres.gates import floor_failures, recorded_rejection
 
 
 def check_options(runtime: str | None, data: str | None, min_agreement: float | None,
@@ -51,6 +51,8 @@ def failures(report: dict, min_agreement: float | None, max_drop: float | None) 
         out.append(f"golden vectors differ by up to {diff:.0f} codes (tolerance {tol}): the "
                    "model on this runtime, as the manifest quantizes its inputs, does not give "
                    "the bundle's golden outputs; rebuild the bundle with `edgeres convert`")
+    if rejected := report.get("rejected_by_convert"):
+        out.append(rejected)
     return out + floor_failures(report["agreement"], min_agreement, max_drop)
 
 
@@ -62,6 +64,8 @@ def run_check(root: Path, runtime: str | None, data: str | None, layers: bool,
     bundle = load_bundle(root)
     m = bundle.manifest
     report: dict = {"bundle": str(root), "model": m["model"], "target": m["target"], "hashes": "ok"}
+    if rejected := recorded_rejection(m):
+        report["rejected_by_convert"] = rejected
     report["golden_max_code_diff"] = check_golden(bundle, runtime)
     report["golden_tolerance"] = golden_tolerance(bundle, runtime)
     entry = m["inputs"][0]

@@ -32,7 +32,6 @@ from edgeres.check import (
     HOST_RUNTIME,
     encode_input,
     evaluate,
-    floor_failures,
     run_model,
     sqnr_db,
 )
@@ -41,6 +40,7 @@ from edgeres.convert_options import ConvertOptions
 from edgeres.data.preprocess import Preprocess
 from edgeres.data.specs import UNLABELLED_KINDS, DataSet, DataSpec, load_spec
 from edgeres.errors import AccuracyFloorError, UserError
+from edgeres.gates import floor_failures
 from edgeres.graph.capture import capture
 from edgeres.graph.ir import run_graph
 from edgeres.graph.pixels import (

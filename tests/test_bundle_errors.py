@@ -153,6 +153,22 @@ def test_check_fails_on_a_tampered_scale(bundle, tmp_path, capsys, monkeypatch) 
     assert "is below --min-agreement 90.0%" in failed[1] and "exceeds --max-drop 5.0" in failed[2]
 
 
+def test_check_fails_a_bundle_that_convert_rejected(bundle, tmp_path, capsys) -> None:
+    """A bundle that missed its gates went to OUT.rejected; moved back by hand, check still
+    says it is not meant to ship (exit 1), whatever floors check itself was given."""
+    def rejected(m: dict) -> None:
+        m["gates"] = {"min_agreement": 100.0, "max_drop": None, "passed": False, "failures": [
+            "top-1 agreement 98.00% is below --min-agreement 100.0%"]}
+        m["metrics"]["top1_agreement"] = 98.0
+
+    moved = edited(bundle, tmp_path / "moved", rejected)
+    assert main(["check", str(moved), "--no-layers", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] == [report["rejected_by_convert"]] == [
+        "convert rejected this bundle (top-1 agreement 98.00% is below --min-agreement 100.0%); "
+        "it is not meant to ship: improve the model or its calibration and convert again"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--min-agreement", "150"], "--min-agreement is a percentage in [0, 100], got 150.0"),
     (["--max-drop", "-1"], "--max-drop is the largest top-1 loss"),
@@ -228,6 +244,20 @@ BROKEN = [  # (edit, the key named, what the message says, found by bundle.schem
      "gates.min_agreement", "150 is greater than the maximum of 100", True),
     (_set("gates", {"min_agreement": 90, "max_drop": -1, "passed": True, "failures": []}),
      "gates.max_drop", "-1 is less than the minimum of 0", True),
+    # the manifest is not hashed: a hand edit of the gate record shows as a contradiction
+    (_set("gates", {"min_agreement": 90, "max_drop": None, "passed": True, "failures": ["x"]}),
+     "gates.passed", "is true, but 'gates.failures' lists 1", False),
+    (lambda m: m.update(gates={"min_agreement": 90, "max_drop": None, "passed": True,
+                               "failures": []}, metrics={**m["metrics"], "top1_agreement": 50}),
+     "gates.passed", "is true, but top-1 agreement 50.00% is below --min-agreement 90%", False),
+    (_set("gates", {"min_agreement": 0, "max_drop": None, "passed": False, "failures": ["x"]}),
+     "gates.passed", "is false, but its metrics meet every floor", False),
+    (lambda m: m["metrics"].update(top1_agreement=1e300), "metrics.top1_agreement",
+     "is greater than the maximum of 100", True),
+    (lambda m: m["metrics"].update(agreement_sd=-1), "metrics.agreement_sd",
+     "-1 is less than the minimum of 0", True),
+    (lambda m: m["metrics"].update(centre_samples=10**6), "metrics.centre_samples",
+     "is 1000000, more than the 64 samples", False),
     (lambda m: m["inputs"][0]["preprocess"].update(resize=0), "inputs[0].preprocess.resize",
      "0 is less than the minimum of 1", True),
     (lambda m: m["inputs"][0]["preprocess"].update(crop=28.0), "inputs[0].preprocess.crop",

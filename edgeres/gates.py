@@ -1,0 +1,57 @@
+"""Accuracy gates: the floors a bundle is held to (``--min-agreement``, ``--max-drop``).
+
+``convert`` records the floors it was given and the verdict in the manifest's ``gates``;
+``check`` applies its own floors, and refuses a record that its metrics contradict (the
+manifest is the one file its hashes do not cover, so a hand edit shows only this way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edgeres.errors import UserError
+
+
+def floor_failures(metrics: dict, min_agreement: float | None,
+                   max_drop: float | None) -> list[str]:
+    """The stated floors (``--min-agreement``, ``--max-drop``) that ``metrics`` misses, one
+    phrase each; convert and check gate on the same words."""
+    out = []
+    agreement = metrics["top1_agreement"]
+    if min_agreement is not None and agreement < min_agreement:
+        expected, sd = metrics.get("expected_agreement"), metrics.get("agreement_sd")
+        note = (f" (expected at this noise level: {expected:.1f} +- {sd:.1f}%)"
+                if None not in (expected, sd) else "")
+        out.append(f"top-1 agreement {agreement:.2f}% is below --min-agreement "
+                   f"{min_agreement}%{note}")
+    if max_drop is not None and None not in (metrics.get("float_top1"),
+                                             metrics.get("quant_top1")):
+        drop = metrics["float_top1"] - metrics["quant_top1"]
+        if drop > max_drop:
+            out.append(f"accuracy drop {drop:.2f} points exceeds --max-drop {max_drop}")
+    return out
+
+
+def check_gates_record(m: dict, bad: Callable[[str, str], UserError]) -> None:
+    """A UserError (from ``bad(key, problem)``) when ``m['gates']`` disagrees with itself or
+    with ``m['metrics']``: a rejected bundle relabelled as passed, or the other way round."""
+    gates = m.get("gates")
+    if gates is None:
+        return
+    if gates["passed"] != (not gates["failures"]):
+        raise bad("gates.passed", f"is {str(gates['passed']).lower()}, but 'gates.failures' "
+                  f"lists {len(gates['failures'])}")
+    missed = floor_failures(m["metrics"], gates["min_agreement"], gates["max_drop"])
+    if gates["passed"] != (not missed):
+        why = missed[0] if missed else "its metrics meet every floor"
+        raise bad("gates.passed", f"is {str(gates['passed']).lower()}, but {why}")
+
+
+def recorded_rejection(m: dict) -> str | None:
+    """Why convert rejected this bundle, or None: a bundle that missed its gates was written to
+    OUT.rejected, and one found anywhere else was moved there by hand."""
+    gates = m.get("gates")
+    if gates is None or gates["passed"]:
+        return None
+    return ("convert rejected this bundle (" + "; ".join(gates["failures"]) + "); it is not "
+            "meant to ship: improve the model or its calibration and convert again")
