@@ -177,25 +177,6 @@ def test_resume_without_a_checkpoint_fails_before_the_data_loads(tmp_path: Path)
                                out=tmp_path / "b", **FAST), progress=False)
 
 
-def test_sigterm_leaves_no_staging_folder(tmp_path: Path) -> None:
-    """timeout / a CI cancel send SIGTERM: the staging folder goes as with Ctrl-C."""
-    import signal
-    import time
-
-    proc = subprocess.Popen([sys.executable, "-m", "edgeres.cli", "convert", "--no-bench",
-                             "--calib", "fmnist:train@32", "--eval", "fmnist:test@1000",
-                             "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob(".b.staging-*")) and proc.poll() is None:
-        assert time.monotonic() < deadline, "no staging folder appeared"
-        time.sleep(0.05)
-    assert proc.poll() is None, "the convert finished before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    assert not list(tmp_path.iterdir())
-
-
 @pytest.mark.skipif(__import__("shutil").which("adb") is not None, reason="adb is installed")
 def test_bench_on_an_adb_profile_goes_to_the_phone_not_this_host(tmp_path: Path) -> None:
     from edgeres.targets import targets_dir

@@ -95,16 +95,31 @@ def test_a_live_runs_folders_and_young_ones_are_left_alone(tmp_path: Path) -> No
     assert sweep_abandoned(tmp_path / "out") and not live.exists() and young.is_dir()
 
 
-def test_sigkill_leftovers_are_swept_by_the_next_convert(tmp_path: Path, monkeypatch) -> None:
+def _convert_while_staging(out: Path) -> subprocess.Popen:
+    """A real convert to ``out``, returned once its staging folder exists (its check of 1000
+    images takes seconds more, so it is still running)."""
     proc = subprocess.Popen([sys.executable, "-m", "edgeres.cli", "convert", "--no-bench",
                              "--calib", "fmnist:train@32", "--eval", "fmnist:test@1000",
-                             "--out", str(tmp_path / "b")], stdout=subprocess.DEVNULL,
+                             "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not list(tmp_path.glob(".b.staging-*")) and proc.poll() is None:
+    while not list(out.parent.glob(f".{out.name}.staging-*")) and proc.poll() is None:
         assert time.monotonic() < deadline, "no staging folder appeared"
         time.sleep(0.05)
-    assert proc.poll() is None, "the convert finished before it could be killed"
+    assert proc.poll() is None, "the convert finished before it could be stopped"
+    return proc
+
+
+def test_sigterm_leaves_no_staging_folder(tmp_path: Path) -> None:
+    """timeout / a CI cancel send SIGTERM: the staging folder goes as with Ctrl-C."""
+    proc = _convert_while_staging(tmp_path / "b")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not list(tmp_path.iterdir())
+
+
+def test_sigkill_leftovers_are_swept_by_the_next_convert(tmp_path: Path, monkeypatch) -> None:
+    proc = _convert_while_staging(tmp_path / "b")
     proc.kill()
     proc.wait()
     assert list(tmp_path.glob(".b.staging-*")), "SIGKILL runs no cleanup"
