@@ -192,7 +192,7 @@ def staged_bundle(out_dir: Path,
         if log is not None:
             log(line)
     staging = Staging(stage, out_dir, swept=swept)
-    stage_lock, old_lock, old = _hold_lock(stage), None, None
+    stage_lock = _hold_lock(stage)
     try:
         yield staging
         _publish_modes(stage)
@@ -201,12 +201,7 @@ def staged_bundle(out_dir: Path,
             check_replaceable(dest)
         try:
             with _signals_deferred():
-                if dest.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-                    old_lock = _hold_lock(old)
-                    os.replace(dest, old / "bundle")
-                os.replace(stage, dest)
-                staging.published = True
+                _swap_in(staging)
         except (KeyboardInterrupt, SystemExit) as exc:  # a signal held back above lands here
             if not staging.published or (code := _interrupt_code(exc)) is None:
                 raise
@@ -214,8 +209,28 @@ def staged_bundle(out_dir: Path,
     finally:
         _release(stage_lock)
         if not staging.published and stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-        if old is not None:
+            with _signals_deferred():  # a second Ctrl-C must not leave half a folder
+                shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_in(staging: Staging) -> None:
+    """Rename the staged bundle over ``staging.dest``; the bundle there is moved aside first,
+    put back if the rename fails, and deleted once the new one is in place."""
+    dest, old, old_lock = staging.dest, None, None
+    try:
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            old_lock = _hold_lock(old)
+            os.replace(dest, old / "bundle")
+        try:
+            os.replace(staging.path, dest)
+        except OSError:
+            if old is not None:
+                os.replace(old / "bundle", dest)
+            raise
+        staging.published = True
+    finally:
+        if old is not None and (staging.published or not (old / "bundle").exists()):
             with contextlib.suppress(OSError):
                 shutil.rmtree(old)
         _release(old_lock)

@@ -5,6 +5,7 @@ SIGKILLs a real convert.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,43 @@ def test_signals_wait_until_the_swap_is_done(tmp_path: Path, monkeypatch) -> Non
     assert info.value.exit_code == 128 + signal.SIGTERM
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (tmp_path / "out" / "model.tflite").read_text() == "new"
+
+
+def test_ctrl_c_while_the_old_bundle_is_deleted_says_the_new_one_is_in_place(
+        tmp_path: Path, monkeypatch) -> None:
+    _bundle(tmp_path / "out", "old")
+    real_rmtree = shutil.rmtree
+
+    def rmtree_with_a_signal(path, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        if ".old-" in Path(path).name:
+            os.kill(os.getpid(), signal.SIGINT)
+        real_rmtree(path, *args, **kwargs)
+
+    with pytest.raises(BundleWrittenInterrupt) as info, \
+            staged_bundle(tmp_path / "out") as staging:
+        (staging.path / "model.tflite").write_text("new")
+        write_manifest(staging.path, {})
+        monkeypatch.setattr(shutil, "rmtree", rmtree_with_a_signal)
+    assert info.value.exit_code == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.tflite").read_text() == "new"
+
+
+def test_a_failed_rename_puts_the_old_bundle_back(tmp_path: Path, monkeypatch) -> None:
+    _bundle(tmp_path / "out", "old")
+    real_replace = os.replace
+
+    def refuse_the_staged_one(src, dst) -> None:  # noqa: ANN001
+        if ".staging-" in Path(src).name:
+            raise PermissionError(13, "Permission denied", str(dst))
+        real_replace(src, dst)
+
+    with pytest.raises(PermissionError), staged_bundle(tmp_path / "out") as staging:
+        (staging.path / "model.tflite").write_text("new")
+        write_manifest(staging.path, {})
+        monkeypatch.setattr(os, "replace", refuse_the_staged_one)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.tflite").read_text() == "old"
 
 
 def test_deferred_signals_arrive_once_it_ends() -> None:
