@@ -539,12 +539,12 @@ def convert(
         }
         write_report(stage, report)
         manifest = write_manifest(stage, manifest)
-    timings["total_s"] = time.perf_counter() - t0
-    result = ConvertResult(staging.dest, manifest, report, timings=timings, qmodel=qmodel)
-    if opts.bench:
-        from edgeres.harness.local import bench_local
+    with after_publish(staging.dest):
+        timings["total_s"] = time.perf_counter() - t0
+        result = ConvertResult(staging.dest, manifest, report, timings=timings, qmodel=qmodel)
+        if opts.bench:
+            from edgeres.harness.local import bench_local
 
-        with after_publish(staging.dest):
             result.bench = bench_local(staging.dest / model_file, target,
                                        threads=opts.threads).to_json()
     if failed:

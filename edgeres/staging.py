@@ -224,7 +224,11 @@ def _swap_in(staging: Staging) -> None:
             os.replace(dest, old / "bundle")
         try:
             os.replace(staging.path, dest)
-        except OSError:
+        except OSError as exc:
+            if os.path.lexists(dest):  # not ours: another run put it there meanwhile
+                raise UserError(f"'{dest}' was written by another run while this one was "
+                                "finishing; this bundle was not kept (run one convert per "
+                                "--out at a time)") from exc
             if old is not None:
                 os.replace(old / "bundle", dest)
             raise

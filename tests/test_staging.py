@@ -16,7 +16,7 @@ import pytest
 
 from edgeres.bundle import load_bundle, write_manifest
 from edgeres.cli import main
-from edgeres.errors import BundleWrittenInterrupt
+from edgeres.errors import BundleWrittenInterrupt, UserError
 from edgeres.staging import _hold_lock, _release, _signals_deferred, staged_bundle, sweep_abandoned
 
 FAST = ["--calib", "fmnist:train@32", "--eval", "fmnist:test@64"]
@@ -193,6 +193,24 @@ def test_a_failed_rename_puts_the_old_bundle_back(tmp_path: Path, monkeypatch) -
         monkeypatch.setattr(os, "replace", refuse_the_staged_one)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (tmp_path / "out" / "model.tflite").read_text() == "old"
+
+
+def test_a_bundle_another_run_wrote_meanwhile_is_kept(tmp_path: Path, monkeypatch) -> None:
+    """Two converts to one --out: the one that renames second gets a one-line error."""
+    real_replace = os.replace
+
+    def the_other_run_finishes_first(src, dst) -> None:  # noqa: ANN001
+        if ".staging-" in Path(src).name and not Path(dst).exists():
+            _bundle(Path(dst), "other")
+        real_replace(src, dst)
+
+    with pytest.raises(UserError, match="was written by another run while this one was "
+                       "finishing"), staged_bundle(tmp_path / "out") as staging:
+        (staging.path / "model.tflite").write_text("mine")
+        write_manifest(staging.path, {})
+        monkeypatch.setattr(os, "replace", the_other_run_finishes_first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "model.tflite").read_text() == "other"
 
 
 def test_deferred_signals_arrive_once_it_ends() -> None:
