@@ -207,9 +207,9 @@ def staged_bundle(out_dir: Path,
                 raise
             raise BundleWrittenInterrupt(dest, code) from exc
     finally:
-        _release(stage_lock)
-        if not staging.published and stage.exists():
-            with _signals_deferred():  # a second Ctrl-C must not leave half a folder
+        with _signals_deferred():  # a second Ctrl-C must not leave half a folder
+            _release(stage_lock)
+            if not staging.published and stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
 
 
@@ -221,7 +221,8 @@ def _swap_in(staging: Staging) -> None:
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             old_lock = _hold_lock(old)
-            os.replace(dest, old / "bundle")
+            with contextlib.suppress(FileNotFoundError):  # another run moved it meanwhile
+                os.replace(dest, old / "bundle")
         try:
             os.replace(staging.path, dest)
         except OSError as exc:
@@ -229,7 +230,7 @@ def _swap_in(staging: Staging) -> None:
                 raise UserError(f"'{dest}' was written by another run while this one was "
                                 "finishing; this bundle was not kept (run one convert per "
                                 "--out at a time)") from exc
-            if old is not None:
+            if old is not None and (old / "bundle").exists():
                 os.replace(old / "bundle", dest)
             raise
         staging.published = True
