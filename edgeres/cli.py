@@ -266,7 +266,6 @@ def qat(
         str | None, typer.Option(help="training data spec (unlabelled: distillation only)")
     ] = None,
     eval_data: Annotated[str | None, typer.Option("--eval", help="labelled val. data")] = None,
-    calib: CalibOption = None,
     weights: WeightsOption = None,
     rex: Annotated[bool, typer.Option(help="fine-tune a REx-expanded model")] = False,
     out_dir: OutOption = None,
@@ -289,7 +288,6 @@ def qat(
         target=target,
         scheme="rex+qat" if rex else "qat",  # type: ignore[arg-type]
         weights=weights,
-        calib=calib,
         eval=eval_data,
         bits=bits,
         out=out_dir,

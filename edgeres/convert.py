@@ -411,15 +411,15 @@ def convert(
     make_plan(graph, target, 8 if opts.scheme.startswith("rex") else wbits, abits,
               ignore=tuple(opts.ignore))
     torch.manual_seed(0)
-    calib = load_spec(
-        opts.calib or default_calib(rm),
-        rm.preprocess,
-        rm.in_chans,
-        rm.img_size,
-        model=rm.module,
-        progress=progress,
-        num_classes=rm.num_classes,  # a label the model has no output for is a user error
-    )
+    if "qat" in opts.scheme:  # QAT calibrates its start on its training data (run_qat)
+        from edgeres.quant.qat_train import CALIBRATION_SAMPLES
+
+        calib = DataSet(torch.zeros(0, rm.in_chans, rm.img_size, rm.img_size), None,
+                        f"{CALIBRATION_SAMPLES} images of {qat_setup(rm, opts)[1]}")
+    else:
+        calib = load_spec(opts.calib or default_calib(rm), rm.preprocess, rm.in_chans,
+                          rm.img_size, model=rm.module, progress=progress,
+                          num_classes=rm.num_classes)  # a label with no output: a user error
     evalset = load_spec(
         opts.eval or default_eval(rm),
         rm.preprocess,

@@ -19,6 +19,10 @@ InputMode = Literal["normalized", "pixels"]
 REX_DEFAULTS = {"rex_order": 2, "rex_sparsity": 0.5, "rex_budget_macs": None}
 REX_FLAGS = {"rex_order": "--rex-order", "rex_sparsity": "--rex-sparsity",
              "rex_budget_macs": "--rex-budget"}
+# PTQ options a plain QAT run has no use for: it starts from its own PTQ of --train images
+# (default observer, every layer quantized) and learns the ranges from there.
+QAT_UNUSED = {"ignore": ((), "--ignore"), "adaround_iters": (0, "--adaround"),
+              "act_observer": ("percentile", "--observer"), "percentile": (99.99, "--percentile")}
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class ConvertOptions:
                                 "folder:PATH) or leave the option out for the model's default")
         self._check_ptq_options()
         self._check_rex_options()
+        self._check_qat_options()
         if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 100.0:
             raise UserError(f"--min-agreement is a percentage in [0, 100], got "
                             f"{self.min_agreement}")
@@ -104,6 +109,19 @@ class ConvertOptions:
                             "(REx expands the output layer; QAT learns its bias)")
         if self.reconstruct_iters and self.adaround_iters:
             raise UserError("--reconstruct already learns the weight rounding: drop --adaround")
+
+    def _check_qat_options(self) -> None:
+        """Options QAT would silently ignore are refused, as REx's are outside REx."""
+        if "qat" not in self.scheme:
+            return
+        if self.calib is not None:
+            raise UserError("--calib does not apply to QAT: its starting point is calibrated "
+                            "on 512 images of --train; drop --calib")
+        for name, (default, flag) in QAT_UNUSED.items():
+            value = getattr(self, name)
+            if self.scheme == "qat" and (tuple(value) if name == "ignore" else value) != default:
+                raise UserError(f"{flag} applies to --scheme ptq and rex (and qat --rex), not "
+                                "plain QAT, which quantizes every layer and learns its ranges")
 
     def _check_rex_options(self) -> None:
         """REx options are refused outside REx schemes rather than silently ignored."""

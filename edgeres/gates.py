@@ -22,14 +22,30 @@ def floor_failures(metrics: dict, min_agreement: float | None,
         expected, sd = metrics.get("expected_agreement"), metrics.get("agreement_sd")
         note = (f" (expected at this noise level: {expected:.1f} +- {sd:.1f}%)"
                 if None not in (expected, sd) else "")
-        out.append(f"top-1 agreement {agreement:.2f}% is below --min-agreement "
-                   f"{min_agreement}%{note}")
+        shown, floor = _apart(agreement, min_agreement)
+        out.append(f"top-1 agreement {shown}% is below --min-agreement {floor}%{note}")
     if max_drop is not None and None not in (metrics.get("float_top1"),
                                              metrics.get("quant_top1")):
         drop = metrics["float_top1"] - metrics["quant_top1"]
         if drop > max_drop:
-            out.append(f"accuracy drop {drop:.2f} points exceeds --max-drop {max_drop}")
+            shown, floor = _apart(drop, max_drop)
+            out.append(f"accuracy drop {shown} points exceeds --max-drop {floor}")
     return out
+
+
+def _apart(value: float, floor: float) -> tuple[str, str]:
+    """``value`` to 2 decimals and ``floor`` as given, with more decimals where that much
+    would print them equal (90.6667 against a floor of 90.67 is not '90.67 below 90.67')."""
+    for digits in range(2, 10):
+        if f"{value:.{digits}f}" != f"{floor:.{digits}f}":
+            shown = f"{value:.{digits}f}"
+            return shown, (f"{floor}" if digits == 2 else f"{floor:.{digits}f}")
+    return repr(value), repr(floor)
+
+
+def _kinds(failures: list[str]) -> list[str]:
+    """Which floor each failure phrase is about ('top-1 agreement', 'accuracy drop')."""
+    return [" ".join(str(f).split(" ")[:2]) for f in failures]
 
 
 def check_gates_record(m: dict, bad: Callable[[str, str], UserError]) -> None:
@@ -45,13 +61,18 @@ def check_gates_record(m: dict, bad: Callable[[str, str], UserError]) -> None:
     if gates["passed"] != (not missed):
         why = missed[0] if missed else "its metrics meet every floor"
         raise bad("gates.passed", f"is {str(gates['passed']).lower()}, but {why}")
+    if _kinds(gates["failures"]) != _kinds(missed):
+        raise bad("gates.failures", f"does not match its floors and metrics, which give: "
+                  f"{'; '.join(missed)}")
 
 
 def recorded_rejection(m: dict) -> str | None:
     """Why convert rejected this bundle, or None: a bundle that missed its gates was written to
-    OUT.rejected, and one found anywhere else was moved there by hand."""
+    OUT.rejected, and one found anywhere else was moved there by hand. The reasons are
+    recomputed from the record's floors and metrics, never printed from its text."""
     gates = m.get("gates")
     if gates is None or gates["passed"]:
         return None
-    return ("convert rejected this bundle (" + "; ".join(gates["failures"]) + "); it is not "
-            "meant to ship: improve the model or its calibration and convert again")
+    missed = floor_failures(m["metrics"], gates["min_agreement"], gates["max_drop"])
+    return ("convert rejected this bundle (" + "; ".join(missed) + "); it is not meant to "
+            "ship: improve the model or its calibration and convert again")

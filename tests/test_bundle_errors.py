@@ -164,9 +164,12 @@ def test_check_fails_a_bundle_that_convert_rejected(bundle, tmp_path, capsys) ->
     moved = edited(bundle, tmp_path / "moved", rejected)
     assert main(["check", str(moved), "--no-layers", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["failed"] == [report["rejected_by_convert"]] == [
-        "convert rejected this bundle (top-1 agreement 98.00% is below --min-agreement 100.0%); "
-        "it is not meant to ship: improve the model or its calibration and convert again"]
+    (reason,) = report["failed"]
+    assert reason == report["rejected_by_convert"]
+    assert reason.startswith("convert rejected this bundle (top-1 agreement 98.00% is below "
+                             "--min-agreement 100.0% (expected at this noise level: ")
+    assert reason.endswith("); it is not meant to ship: improve the model or its calibration "
+                           "and convert again")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -252,6 +255,13 @@ BROKEN = [  # (edit, the key named, what the message says, found by bundle.schem
      "gates.passed", "is true, but top-1 agreement 50.00% is below --min-agreement 90%", False),
     (_set("gates", {"min_agreement": 0, "max_drop": None, "passed": False, "failures": ["x"]}),
      "gates.passed", "is false, but its metrics meet every floor", False),
+    (lambda m: m.update(gates={"min_agreement": 100, "max_drop": None, "passed": False,
+                               "failures": ["made up"]}, metrics={**m["metrics"],
+                                                                  "top1_agreement": 90}),
+     "gates.failures", "does not match its floors and metrics, which give: top-1 agreement "
+     "90.00% is below --min-agreement 100%", False),
+    (lambda m: m["metrics"].update(agreement_sd=10**400), "metrics.agreement_sd",
+     "100000000000000000000", True),  # jsonschema's message, cut at 120 characters
     (lambda m: m["metrics"].update(top1_agreement=1e300), "metrics.top1_agreement",
      "is greater than the maximum of 100", True),
     (lambda m: m["metrics"].update(agreement_sd=-1), "metrics.agreement_sd",

@@ -20,6 +20,7 @@ from edgeres.targets import load_target
 from edgeres.zoo import create_model
 
 FAST = dict(calib="fmnist:train@32", eval="fmnist:test@64", bench=False)
+QAT_FAST = dict(eval="fmnist:test@64", bench=False)  # QAT calibrates on its --train
 
 
 @pytest.mark.parametrize(("options", "flag"), [
@@ -36,6 +37,14 @@ FAST = dict(calib="fmnist:train@32", eval="fmnist:test@64", bench=False)
     (dict(scheme="qat", train=""), "--train is empty"),
     (dict(scheme="nope"), "--scheme must be one of"),
     (dict(max_drop=float("nan")), "--max-drop"),
+    # what plain QAT would silently ignore: it calibrates on --train and quantizes every layer
+    (dict(scheme="qat", calib="fmnist:train@32"), "--calib does not apply to QAT"),
+    (dict(scheme="rex+qat", calib="fmnist:train@32"), "--calib does not apply to QAT"),
+    (dict(scheme="qat", ignore=("features.1.conv.0.0",)), "--ignore applies to --scheme ptq"),
+    (dict(scheme="qat", adaround_iters=5), "--adaround applies to --scheme ptq"),
+    (dict(scheme="qat", act_observer="minmax"), "--observer applies to --scheme ptq"),
+    (dict(scheme="qat", percentile=99.0), "--percentile applies to --scheme ptq"),
+    (dict(scheme="ptq", qat_batch=64), "--batch applies to QAT only"),
 ])
 def test_bad_options_name_the_option(options: dict, flag: str) -> None:
     with pytest.raises(UserError, match=flag.replace("+", r"\+")):
@@ -60,13 +69,13 @@ def test_qat_checkpoints_are_refused_in_a_file_or_a_bundle(tmp_path: Path) -> No
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
     with pytest.raises(UserError, match="--checkpoints .* is a file, not a folder"):
-        convert(ConvertOptions(scheme="qat", qat_dir=a_file, out=tmp_path / "b", **FAST),
+        convert(ConvertOptions(scheme="qat", qat_dir=a_file, out=tmp_path / "b", **QAT_FAST),
                 progress=False)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "manifest.json").write_text("{}")
     with pytest.raises(UserError, match="--checkpoints .* is a bundle folder"):
-        convert(ConvertOptions(scheme="qat", qat_dir=bundle, out=tmp_path / "b", **FAST),
+        convert(ConvertOptions(scheme="qat", qat_dir=bundle, out=tmp_path / "b", **QAT_FAST),
                 progress=False)
     assert not (tmp_path / "b").exists() and sorted(bundle.iterdir()) == [bundle / "manifest.json"]
 
@@ -157,10 +166,10 @@ def test_out_or_checkpoints_inside_a_bundle_are_refused(tmp_path: Path) -> None:
         convert(ConvertOptions(out=bundle / "golden" / "inner", **FAST), progress=False)
     with pytest.raises(UserError, match="--checkpoints .* is inside the bundle"):
         convert(ConvertOptions(scheme="qat", qat_dir=bundle / "golden", out=tmp_path / "b",
-                               **FAST), progress=False)
+                               **QAT_FAST), progress=False)
     with pytest.raises(UserError, match="--checkpoints .* holds or is inside the bundle folder"):
         convert(ConvertOptions(scheme="qat", qat_dir=tmp_path / "b" / "ck", out=tmp_path / "b",
-                               **FAST), progress=False)
+                               **QAT_FAST), progress=False)
     assert not (bundle / "golden" / "inner").exists() and not (tmp_path / "b").exists()
 
 
@@ -174,7 +183,7 @@ def test_a_gate_whose_rejected_folder_is_taken_fails_before_the_work(tmp_path: P
 def test_resume_without_a_checkpoint_fails_before_the_data_loads(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--resume .*: no checkpoint there"):
         convert(ConvertOptions(scheme="qat", resume=tmp_path / "nothing.pt",
-                               out=tmp_path / "b", **FAST), progress=False)
+                               out=tmp_path / "b", **QAT_FAST), progress=False)
 
 
 @pytest.mark.skipif(__import__("shutil").which("adb") is not None, reason="adb is installed")

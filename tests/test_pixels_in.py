@@ -236,7 +236,7 @@ def test_qat_keeps_the_input_at_one_code_per_byte(tmp_path) -> None:
     out = tmp_path / "qat"
     assert main(["qat", "mobilenet_v2_fmnist", "--input", "pixels", "--steps", "3",
                  "--train", "fmnist:train@256", "--eval", "fmnist:test@200",
-                 "--calib", "fmnist:train@64", "--out", str(out), "--no-bench"]) == 0
+                 "--out", str(out), "--no-bench"]) == 0
     m = json.loads((out / "manifest.json").read_text())
     (inp,) = m["inputs"]
     assert inp["pixel_offset"] == 73 and inp["scale"] == 1.0 and inp["zero_point"] == -55

@@ -10,7 +10,7 @@ from edgeres.cli import main
 from edgeres.convert import ConvertOptions, convert
 from edgeres.quant.qat_train import CHECKPOINT_NAME
 
-SMALL = ["--train", "fmnist:train@256", "--eval", "fmnist:test@100", "--calib", "fmnist:train@64"]
+SMALL = ["--train", "fmnist:train@256", "--eval", "fmnist:test@100"]
 
 
 def test_qat_command_writes_a_checked_bundle_and_a_checkpoint(tmp_path, capsys) -> None:
@@ -33,7 +33,7 @@ def test_worker_ranks_train_but_write_no_bundle(tmp_path, monkeypatch) -> None:
     out = tmp_path / "worker"
     opts = ConvertOptions(
         "mobilenet_v2_fmnist", scheme="qat", qat_steps=1, train="fmnist:train@128",
-        eval="fmnist:test@50", calib="fmnist:train@32", out=out, qat_dir=tmp_path / "ck",
+        eval="fmnist:test@50", out=out, qat_dir=tmp_path / "ck",
         bench=False,
     )
     assert convert(opts, progress=False) is None
@@ -45,7 +45,7 @@ def test_unlabelled_training_data_distils_from_the_float_model(tmp_path) -> None
     bundle is still checked against float on the labelled evaluation images."""
     opts = ConvertOptions(
         "mobilenet_v2_fmnist", scheme="qat", qat_steps=2, train="photos@128",
-        eval="fmnist:test@100", calib="fmnist:train@32", out=tmp_path / "q",
+        eval="fmnist:test@100", out=tmp_path / "q",
         qat_dir=tmp_path / "ck", bench=False,
     )
     result = convert(opts, progress=False)
@@ -57,7 +57,7 @@ def test_unlabelled_training_data_distils_from_the_float_model(tmp_path) -> None
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["qat", "mobilenet_v2_100", "--steps", "1", "--calib", "photos@2"], "--train SPEC"),
+        (["qat", "mobilenet_v2_100", "--steps", "1"], "--train SPEC"),
         (["qat", "mobilenet_v2_fmnist", "--epochs", "0"], "epochs must be >= 1"),
         (["qat", "mobilenet_v2_fmnist", "--bits", "w9a8"], "w9a8"),
         (["qat", "mobilenet_v2_fmnist", "--batch", "0"], "--batch: the QAT batch must be >= 1"),
@@ -71,8 +71,8 @@ def test_bad_qat_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path: P
 
 
 def test_training_data_smaller_than_a_batch_names_the_batch_option(capsys, tmp_path) -> None:
-    argv = ["qat", "mobilenet_v2_fmnist", "--train", "fmnist:train@64", "--calib",
-            "fmnist:train@32", "--steps", "1", "--out", str(tmp_path / "b"), "--no-bench"]
+    argv = ["qat", "mobilenet_v2_fmnist", "--train", "fmnist:train@64", "--steps", "1",
+            "--out", str(tmp_path / "b"), "--no-bench"]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "edgeres: error: training data 'fmnist:train@64' has 64 samples, fewer than one batch "
