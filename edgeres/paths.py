@@ -62,18 +62,26 @@ def enclosing_bundle(path: Path) -> Path | None:
     return None
 
 
-def _check_names(path: Path, option: str) -> None:
-    for part in Path(path).parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            raise UserError(f"{option}: the name '{part[:40]}...' is longer than {NAME_MAX} "
-                            "bytes, which file systems refuse; pick a shorter one")
+# What edgeres adds to an output's own name for its siblings: '.NAME.XXXXXXXX.tmp' beside a
+# file, '.NAME.rejected.old-XXXXXXXX' beside a bundle folder (the longest of its names).
+FILE_NAME_RESERVE, FOLDER_NAME_RESERVE = 14, 23
+
+
+def _check_names(path: Path, option: str, reserve: int) -> None:
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        limit = NAME_MAX - (reserve if i == len(parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
+            why = " (edgeres names its temporaries after it)" if limit < NAME_MAX else ""
+            raise UserError(f"{option}: the name '{part[:40]}...' is longer than {limit} "
+                            f"bytes{why}, which file systems refuse; pick a shorter one")
 
 
 def check_output_file(path: Path, option: str, example: str = "out.npz") -> None:
     """``path`` can be written as a file (renamed into place from a sibling temporary): not a
     folder, not inside a bundle, and not an existing file of another kind (it would be lost)."""
     path = Path(path)
-    _check_names(path, option)
+    _check_names(path, option, FILE_NAME_RESERVE)
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder; name the file to write, "
                         f"e.g. {option} {path / example}")
@@ -89,7 +97,7 @@ def check_output_file(path: Path, option: str, example: str = "out.npz") -> None
 def check_output_folder(path: Path, option: str) -> None:
     """``path`` can be created (or replaced) as a folder: staged beside it, then renamed."""
     path = Path(path)
-    _check_names(path, option)
+    _check_names(path, option, FOLDER_NAME_RESERVE)
     if path.is_symlink() and not path.exists():
         raise UserError(f"{option} {path} is a link to nothing; remove it or pick another path")
     if path.exists() and not path.is_dir():

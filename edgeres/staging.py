@@ -235,7 +235,8 @@ def _swap_in(staging: Staging) -> None:
             raise
         staging.published = True
     finally:
-        if old is not None and (staging.published or not (old / "bundle").exists()):
+        # kept only while it holds the one copy of the bundle (a later run puts it back)
+        if old is not None and (os.path.lexists(dest) or not (old / "bundle").exists()):
             with contextlib.suppress(OSError):
                 shutil.rmtree(old)
         _release(old_lock)

@@ -229,8 +229,12 @@ def test_output_files_never_overwrite_another_kind_or_land_in_a_bundle(tmp_path:
     (bundle / "manifest.json").write_text("{}")
     with pytest.raises(UserError, match="is inside the bundle"):
         check_output_file(bundle / "manifest.npz", "-o", "calib.npz")
-    with pytest.raises(UserError, match="longer than 255 bytes"):
-        check_output_file(tmp_path / ("L" * 300 + ".npz"), "-o", "calib.npz")
+    with pytest.raises(UserError, match="longer than 255 bytes, which"):
+        check_output_file(tmp_path / ("L" * 300) / "calib.npz", "-o", "calib.npz")
+    with pytest.raises(UserError, match="longer than 241 bytes .edgeres names its temporaries"):
+        check_output_file(tmp_path / ("L" * 240 + ".npz"), "-o", "calib.npz")
+    with pytest.raises(UserError, match="longer than 232 bytes .edgeres names its temporaries"):
+        check_output_folder(tmp_path / ("L" * 240), "--out")  # .NAME.rejected.old-XXXXXXXX
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(UserError, match="is a link to nothing"):
         check_output_folder(tmp_path / "dangling", "--out")

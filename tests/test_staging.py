@@ -196,7 +196,9 @@ def test_a_failed_rename_puts_the_old_bundle_back(tmp_path: Path, monkeypatch) -
 
 
 def test_a_bundle_another_run_wrote_meanwhile_is_kept(tmp_path: Path, monkeypatch) -> None:
-    """Two converts to one --out: the one that renames second gets a one-line error."""
+    """Two converts to one --out: the one that renames second gets a one-line error, and the
+    bundle it had moved aside goes (the other run's newer one is in place)."""
+    _bundle(tmp_path / "out", "first")
     real_replace = os.replace
 
     def the_other_run_finishes_first(src, dst) -> None:  # noqa: ANN001
