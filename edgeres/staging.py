@@ -182,20 +182,20 @@ def staged_bundle(out_dir: Path,
     The old bundle is moved aside first and deleted only after the new one is in place.
     """
     out_dir = Path(out_dir)
+    staging: Staging | None = None
+    stage_lock: int | None = None
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        swept = sweep_abandoned(out_dir)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
-    except OSError as exc:
-        raise UserError(f"cannot write the bundle to '{out_dir}': {exc.strerror or exc}") from exc
+        swept = sweep_abandoned(out_dir)  # an interrupted sweep is finished by the next one
+    except OSError:
+        swept = []
     for line in swept:
         if log is not None:
             log(line)
-    staging = Staging(stage, out_dir, swept=swept)
-    stage_lock = _hold_lock(stage)
     try:
+        with _signals_deferred():  # a signal now lands inside the try, so finally cleans up
+            staging, stage_lock = _make_stage(out_dir, swept)
         yield staging
-        _publish_modes(stage)
+        _publish_modes(staging.path)
         dest = staging.dest
         if dest.exists():
             check_replaceable(dest)
@@ -209,8 +209,18 @@ def staged_bundle(out_dir: Path,
     finally:
         with _signals_deferred():  # a second Ctrl-C must not leave half a folder
             _release(stage_lock)
-            if not staging.published and stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
+            if staging is not None and not staging.published and staging.path.exists():
+                shutil.rmtree(staging.path, ignore_errors=True)
+
+
+def _make_stage(out_dir: Path, swept: list[str]) -> tuple[Staging, int | None]:
+    """Make and lock this run's staging folder."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write the bundle to '{out_dir}': {exc.strerror or exc}") from exc
+    return Staging(stage, out_dir, swept=swept), _hold_lock(stage)
 
 
 def _swap_in(staging: Staging) -> None:
