@@ -260,7 +260,7 @@ def qat(
     epochs: Annotated[int, typer.Option(help="epochs of the cosine schedule")] = 3,
     steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
     batch: Annotated[int | None, typer.Option(
-        help="images per step over all processes [default: 128] (the lr stays the same)")
+        help="images per step over all processes, 128 unless given (the lr stays the same)")
     ] = None,
     train: Annotated[
         str | None, typer.Option(help="training data spec (unlabelled: distillation only)")
@@ -466,8 +466,14 @@ def main(argv: list[str] | None = None) -> int:
         _fail(f"edgeres: error:{where}: {exc.strerror} (check the path and its permissions)")
         return 2
     except Exception as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # typer's usage errors
-            exc.show()
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click usage errors
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "edgeres"
+            message = " ".join(exc.format_message().split())
+            if not message:  # no arguments at all: the help is the answer
+                exc.show()
+            else:
+                _fail(f"edgeres: error: {message} (see '{where} --help')")
             return int(exc.exit_code) or 2
         raise
     return rc if isinstance(rc, int) else 0

@@ -265,3 +265,21 @@ def test_os_errors_on_user_paths_are_one_line(tmp_path: Path) -> None:
                           timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "File name too long" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["qat", "--batch", "abc"], "Invalid value for '--batch'"),
+    (["convert", "--min-agreement", "abc"], "Invalid value for '--min-agreement'"),
+    (["convert", "--batch", "64"], "No such option: --batch"),
+    (["convert", "a", "b"], "Got unexpected extra argument"),
+    (["check"], "Missing argument 'bundle'"),
+    (["nope"], "No such command 'nope'"),
+])
+def test_usage_errors_are_one_line_too(argv: list[str], message: str, capsys) -> None:
+    from edgeres.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"edgeres: error: {message}") and line.endswith(" --help')")
+    assert captured.out == ""
