@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -431,22 +432,48 @@ def _fail(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _exit_cleanly_on_sigterm() -> None:
+def _one_interrupt_unwinds() -> Callable[[], None]:
     """SIGTERM (timeout, a CI cancel, systemd) unwinds like Ctrl-C, so staging folders and
-    temporary files are removed by the code that made them instead of left behind."""
+    temporary files are removed by the code that made them instead of left behind; a second
+    Ctrl-C or SIGTERM is ignored rather than cutting that cleanup short with a traceback.
+    Returns what restores the caller's handlers (when no signal came: the process is
+    exiting otherwise)."""
     import signal
     import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    got: list[int] = []
+    caught = (signal.SIGINT, signal.SIGTERM)
+
     def stop(signum: int, frame: object) -> None:
+        got.append(signum)
+        if len(got) > 1:  # not SIG_IGN: Python reports a signal that raced with that
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+    previous = {s: signal.signal(s, stop) for s in caught}
+
+    def restore() -> None:
+        if not got:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    return restore
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
-    _exit_cleanly_on_sigterm()
+    restore = _one_interrupt_unwinds()
+    try:
+        return _run(argv)
+    finally:
+        restore()
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
     except UserError as exc:

@@ -96,13 +96,13 @@ def test_a_live_runs_folders_and_young_ones_are_left_alone(tmp_path: Path) -> No
     assert sweep_abandoned(tmp_path / "out") and not live.exists() and young.is_dir()
 
 
-def _convert_while_staging(out: Path) -> subprocess.Popen:
+def _convert_while_staging(out: Path, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
     """A real convert to ``out``, returned once its staging folder exists (its check of 1000
     images takes seconds more, so it is still running)."""
     proc = subprocess.Popen([sys.executable, "-m", "edgeres.cli", "convert", "--no-bench",
                              "--calib", "fmnist:train@32", "--eval", "fmnist:test@1000",
-                             "--out", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True)
     deadline = time.monotonic() + 240
     while not list(out.parent.glob(f".{out.name}.staging-*")) and proc.poll() is None:
         assert time.monotonic() < deadline, "no staging folder appeared"
@@ -116,6 +116,21 @@ def test_sigterm_leaves_no_staging_folder(tmp_path: Path) -> None:
     proc = _convert_while_staging(tmp_path / "b")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_second_signal_does_not_cut_the_cleanup_short(tmp_path: Path) -> None:
+    """Ctrl-C then SIGTERM (or a double Ctrl-C) 2 ms apart: the first unwinds, the second is
+    ignored, so no traceback and no staging folder."""
+    proc = _convert_while_staging(tmp_path / "b", stderr=subprocess.PIPE)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    # about one run in ten ends killed by SIGINT (-2) instead of exiting 130; a shell reports
+    # both as 130, and the cause (some interpreter or library path to the default action)
+    # was not pinned down
+    assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err
     assert not list(tmp_path.iterdir())
 
 
