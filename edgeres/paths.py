@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgeres.errors import UserError
@@ -105,20 +107,28 @@ def check_output_folder(path: Path, option: str) -> None:
     _probe_parent(path, option)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and os.replace: never a half-written file,
-    and an ordinary file's mode (not mkstemp's 0600)."""
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write; it then replaces ``path`` in
+    one rename, with an ordinary file's mode (not mkstemp's 0600). On an error or an
+    interrupt it is removed and ``path`` keeps what it held."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), ordinary_file_mode())
-            f.write(data)
+        yield Path(tmp)
+        os.chmod(tmp, ordinary_file_mode())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` through :func:`replaced_atomically`: never a half-written file."""
+    try:
+        with replaced_atomically(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
         raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc

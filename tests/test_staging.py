@@ -257,3 +257,33 @@ def test_ctrl_c_during_the_benchmark_says_the_bundle_is_complete(
                    "finish)")
     load_bundle(tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+@pytest.mark.parametrize("writer", ["bytes", "npz", "checkpoint"])
+def test_an_interrupted_file_write_keeps_the_old_file_and_no_temporary(
+        tmp_path: Path, monkeypatch, writer: str) -> None:
+    """Every single-file writer (figures, profiles, calibration sets, QAT checkpoints) goes
+    through paths.replaced_atomically: Ctrl-C at the rename leaves the old file alone."""
+    import torch
+
+    from edgeres.data.folders import save_npz
+    from edgeres.paths import write_bytes_atomic
+    from edgeres.quant.qat_train import save_checkpoint
+
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    write = {"bytes": lambda: write_bytes_atomic(path, b"new"),
+             "npz": lambda: save_npz(path, torch.zeros(1, 1, 2, 2)),
+             "checkpoint": lambda: save_checkpoint(path, {"step": 1})}[writer]
+
+    def interrupted(src, dst) -> None:  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    assert path.read_bytes() == b"old"
+    monkeypatch.undo()
+    write()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"] and path.read_bytes() != b"old"

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edgeres.data.preprocess import Preprocess
 from edgeres.errors import UserError
-from edgeres.paths import ordinary_file_mode
+from edgeres.paths import replaced_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -246,20 +244,12 @@ def save_npz(
         arrays["y"] = y.detach().cpu().numpy().astype(np.int64)
     if meta is not None:
         arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
-            for key, arr in arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, arr, allow_pickle=False)
-                zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                            buf.getvalue())
-        os.chmod(tmp, ordinary_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                        buf.getvalue())
     return path
 
 

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -56,7 +55,7 @@ from edgeres.data.specs import DataSet, subset_indices
 from edgeres.errors import UserError
 from edgeres.graph.capture import capture
 from edgeres.graph.ir import OPS, Graph
-from edgeres.paths import ordinary_file_mode
+from edgeres.paths import replaced_atomically
 from edgeres.quant.plan import make_plan
 from edgeres.quant.ptq import quantize_graph
 from edgeres.quant.qat import QATNet, qat_to_qmodel, scale_gradients
@@ -290,16 +289,8 @@ def _check_out_dir(out_dir: Path, meta: dict, resume: Path | None) -> None:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save via a temp file in the same directory and os.replace (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replaced_atomically(path) as tmp:
         torch.save(state, tmp)
-        os.chmod(tmp, ordinary_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- training pieces ------------------------------------------------------------------------
