@@ -29,6 +29,7 @@ from edgeres.data.specs import DataSpec, load_spec
 from edgeres.errors import UserError
 from edgeres.paths import check_output_file
 from edgeres.resolve import resolve_model
+from edgeres.signals import one_interrupt_unwinds
 from edgeres.zoo import get_entry, list_models
 
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
@@ -122,4 +123,5 @@ def main(
 
 
 if __name__ == "__main__":
+    one_interrupt_unwinds()  # SIGTERM unwinds like Ctrl-C: no temporary is left behind
     app()

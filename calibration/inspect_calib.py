@@ -34,6 +34,7 @@ from edgeres.data.preprocess import Preprocess  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
 from edgeres.paths import check_output_file, write_bytes_atomic  # noqa: E402
 from edgeres.resolve import resolve_model  # noqa: E402
+from edgeres.signals import one_interrupt_unwinds  # noqa: E402
 from edgeres.zoo import get_entry, list_models  # noqa: E402
 
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
@@ -227,4 +228,5 @@ def main(
 
 
 if __name__ == "__main__":
+    one_interrupt_unwinds()  # SIGTERM unwinds like Ctrl-C: no temporary is left behind
     app()

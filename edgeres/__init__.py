@@ -20,11 +20,24 @@ __version__ = "0.1.0"
 # the parent's attribute only when the subpackage itself is first imported, so after this
 # `edgeres.export` stays the function however often `edgeres.export.tflite` is imported.
 import edgeres.export  # noqa: E402, F401  (imports nothing itself)
-from edgeres.config import PTQConfig, QATConfig, RExConfig  # noqa: E402
 from edgeres.errors import UserError  # noqa: E402
-from edgeres.quant.ptq import quantize  # noqa: E402
-from edgeres.targets import load_target  # noqa: E402
-from edgeres.zoo import create_model, list_models  # noqa: E402
+
+# Imported on first use (PEP 562): `edgeres` itself stays light, so the CLI installs its
+# signal handlers before torch loads (a Ctrl-C during that second is then no traceback).
+_LAZY = {"PTQConfig": "edgeres.config", "QATConfig": "edgeres.config",
+         "RExConfig": "edgeres.config", "quantize": "edgeres.quant.ptq",
+         "load_target": "edgeres.targets", "create_model": "edgeres.zoo",
+         "list_models": "edgeres.zoo"}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'edgeres' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 
 def export(qmodel, path: str | Path, **kwargs):  # noqa: ANN001, ANN201 - QModel -> ExportInfo

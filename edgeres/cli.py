@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeres.errors import AccuracyFloorError, BundleWrittenInterrupt, UserError
+from edgeres.signals import interrupt_status, one_interrupt_unwinds
 
 app = typer.Typer(
     add_completion=False,
@@ -25,6 +25,7 @@ app = typer.Typer(
     help="Quantize residual mobile networks and ship them, checked, to devices.",
 )
 out = Console()
+MAX_BENCH_RUNS = 100_000  # timed runs per thread count; more is a typo, not a benchmark
 # OS errors about a path the user gave: one line, not a traceback
 USER_OS_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.EROFS,
                   errno.ENOSPC, errno.EDQUOT}
@@ -407,6 +408,8 @@ def bench(
     from edgeres.harness.local import bench_local, bundle_target, parse_threads
 
     thr = parse_threads(threads)  # cheap checks first
+    if not 1 <= runs <= MAX_BENCH_RUNS:
+        raise UserError(f"--runs must be in [1, {MAX_BENCH_RUNS}], got {runs}")
     b = load_bundle(bundle)
     t = bundle_target(b, target)
     if t.device.transport == "local":
@@ -432,41 +435,9 @@ def _fail(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _one_interrupt_unwinds() -> Callable[[], None]:
-    """SIGTERM (timeout, a CI cancel, systemd) unwinds like Ctrl-C, so staging folders and
-    temporary files are removed by the code that made them instead of left behind; a second
-    Ctrl-C or SIGTERM is ignored rather than cutting that cleanup short with a traceback.
-    Returns what restores the caller's handlers (when no signal came: the process is
-    exiting otherwise)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    got: list[int] = []
-    caught = (signal.SIGINT, signal.SIGTERM)
-
-    def stop(signum: int, frame: object) -> None:
-        got.append(signum)
-        if len(got) > 1:  # not SIG_IGN: Python reports a signal that raced with that
-            return
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-    previous = {s: signal.signal(s, stop) for s in caught}
-
-    def restore() -> None:
-        if not got:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    return restore
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
-    restore = _one_interrupt_unwinds()
+    restore = one_interrupt_unwinds()
     try:
         return _run(argv)
     finally:
@@ -493,6 +464,8 @@ def _run(argv: list[str] | None) -> int:
         _fail(f"edgeres: error:{where}: {exc.strerror} (check the path and its permissions)")
         return 2
     except Exception as exc:
+        if (status := interrupt_status(exc)) is not None:  # wrapped by an extension module
+            return status
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click usage errors
             ctx = getattr(exc, "ctx", None)
             where = ctx.command_path if ctx is not None else "edgeres"

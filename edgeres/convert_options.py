@@ -120,7 +120,7 @@ class ConvertOptions:
         for name, (default, flag) in QAT_UNUSED.items():
             value = getattr(self, name)
             if self.scheme == "qat" and (tuple(value) if name == "ignore" else value) != default:
-                raise UserError(f"{flag} applies to --scheme ptq and rex (and qat --rex), not "
+                raise UserError(f"{flag} applies to --scheme ptq and rex (and rex+qat), not "
                                 "plain QAT, which quantizes every layer and learns its ranges")
 
     def _check_rex_options(self) -> None:

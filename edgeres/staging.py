@@ -7,7 +7,7 @@ deleted after. Three things can interrupt that, and each is handled here:
 - Ctrl-C or SIGTERM while staging: the staging folder is removed and ``OUT`` keeps what it
   held (the CLI turns SIGTERM into SystemExit, so ``finally`` runs).
 - Ctrl-C or SIGTERM between the two renames, when ``OUT`` would not exist: both signals are
-  held back until the new bundle is in place (``_signals_deferred``).
+  held back until the new bundle is in place (:func:`edgeres.signals.signals_deferred`).
 - SIGKILL, a crash or a power cut, which no code sees: the next convert to the same ``OUT``
   sweeps what was left (``sweep_abandoned``), and puts an old bundle back if the run died
   between the renames. A run holds an ``flock`` on each folder it made for as long as it
@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +30,7 @@ from pathlib import Path
 from edgeres.bundle import check_replaceable
 from edgeres.errors import BundleWrittenInterrupt, UserError
 from edgeres.paths import current_umask
+from edgeres.signals import interrupt_status, signals_deferred
 
 try:
     import fcntl
@@ -40,7 +39,6 @@ except ImportError:  # Windows: no flock; nothing is swept there
 
 # A folder younger than this is never swept: its run may not have taken its lock yet.
 SWEEP_MIN_AGE_S = 10.0
-_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -115,27 +113,6 @@ def sweep_abandoned(out_dir: Path) -> list[str]:
     return done
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for a few system calls; they arrive when it ends.
-
-    The Python handlers are swapped rather than the signals masked: a mask is per thread, and
-    a convert has other threads (progress bars, runtimes) that would take the signal."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
-                for s in _DEFERRED}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if pending:
-            signal.raise_signal(pending[0])  # now to the handler that was in place
-
-
 def _publish_modes(stage: Path) -> None:
     """Folders 0o777 and files 0o666, less the umask: what any other tool would make. mkdtemp
     and mkstemp make 0700 / 0600, and a bundle must be readable by builds and other users."""
@@ -150,24 +127,14 @@ def _publish_modes(stage: Path) -> None:
                 os.chmod(path, 0o666 & ~umask)
 
 
-def _interrupt_code(exc: BaseException) -> int | None:
-    """The exit status of an interrupt: Ctrl-C, or the CLI's SIGTERM handler (not a plain
-    ``sys.exit``)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return 128 + signal.SIGINT
-    if isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
-        return exc.code
-    return None
-
-
 @contextmanager
 def after_publish(dest: Path) -> Iterator[None]:
     """Work done once ``dest`` holds a complete bundle (benchmarks, the summary): an interrupt
     there becomes :class:`BundleWrittenInterrupt`, which says the bundle is complete."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if (code := _interrupt_code(exc)) is None:
+    except BaseException as exc:  # also an interrupt an extension module wrapped
+        if (code := interrupt_status(exc)) is None:
             raise
         raise BundleWrittenInterrupt(dest, code) from exc
 
@@ -192,7 +159,7 @@ def staged_bundle(out_dir: Path,
         if log is not None:
             log(line)
     try:
-        with _signals_deferred():  # a signal now lands inside the try, so finally cleans up
+        with signals_deferred():  # a signal now lands inside the try, so finally cleans up
             staging, stage_lock = _make_stage(out_dir, swept)
         yield staging
         _publish_modes(staging.path)
@@ -200,14 +167,14 @@ def staged_bundle(out_dir: Path,
         if dest.exists():
             check_replaceable(dest)
         try:
-            with _signals_deferred():
+            with signals_deferred():
                 _swap_in(staging)
         except (KeyboardInterrupt, SystemExit) as exc:  # a signal held back above lands here
-            if not staging.published or (code := _interrupt_code(exc)) is None:
+            if not staging.published or (code := interrupt_status(exc)) is None:
                 raise
             raise BundleWrittenInterrupt(dest, code) from exc
     finally:
-        with _signals_deferred():  # a second Ctrl-C must not leave half a folder
+        with signals_deferred():  # a second Ctrl-C must not leave half a folder
             _release(stage_lock)
             if staging is not None and not staging.published and staging.path.exists():
                 shutil.rmtree(staging.path, ignore_errors=True)

@@ -22,6 +22,7 @@ from edgeres.bundle import (
 )
 from edgeres.cli import main
 from edgeres.errors import UserError
+from edgeres.gates import floor_failures
 from edgeres.harness.local import bench_local, max_threads
 from edgeres.staging import staged_bundle
 from edgeres.targets import load_target, targets_dir
@@ -157,9 +158,9 @@ def test_check_fails_a_bundle_that_convert_rejected(bundle, tmp_path, capsys) ->
     """A bundle that missed its gates went to OUT.rejected; moved back by hand, check still
     says it is not meant to ship (exit 1), whatever floors check itself was given."""
     def rejected(m: dict) -> None:
-        m["gates"] = {"min_agreement": 100.0, "max_drop": None, "passed": False, "failures": [
-            "top-1 agreement 98.00% is below --min-agreement 100.0%"]}
         m["metrics"]["top1_agreement"] = 98.0
+        m["gates"] = {"min_agreement": 100.0, "max_drop": None, "passed": False,
+                      "failures": floor_failures(m["metrics"], 100.0, None)}
 
     moved = edited(bundle, tmp_path / "moved", rejected)
     assert main(["check", str(moved), "--no-layers", "--json"]) == 1

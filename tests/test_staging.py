@@ -17,7 +17,8 @@ import pytest
 from edgeres.bundle import load_bundle, write_manifest
 from edgeres.cli import main
 from edgeres.errors import BundleWrittenInterrupt, UserError
-from edgeres.staging import _hold_lock, _release, _signals_deferred, staged_bundle, sweep_abandoned
+from edgeres.signals import interrupt_status, signals_deferred
+from edgeres.staging import _hold_lock, _release, staged_bundle, sweep_abandoned
 
 FAST = ["--calib", "fmnist:train@32", "--eval", "fmnist:test@64"]
 LONG_AGO = time.time() - 3600
@@ -234,7 +235,7 @@ def test_deferred_signals_arrive_once_it_ends() -> None:
     got: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
     try:
-        with _signals_deferred():
+        with signals_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
             assert got == []
@@ -287,3 +288,30 @@ def test_an_interrupted_file_write_keeps_the_old_file_and_no_temporary(
     monkeypatch.undo()
     write()
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"] and path.read_bytes() != b"old"
+
+
+def test_an_interrupt_an_extension_module_wrapped_is_still_an_interrupt(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """A signal while a pybind11 module initialises (LiteRT's) surfaces as ImportError from
+    SystemExit(143): the exit is 143 with the usual line, not a traceback and exit 1."""
+    def import_interrupted(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise ImportError("initialization failed") from SystemExit(128 + signal.SIGTERM)
+
+    monkeypatch.setattr("edgeres.harness.local.bench_local", import_interrupted)
+    assert main(["convert", *FAST, "--out", str(tmp_path / "b")]) == 143
+    assert "is complete and checked" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert interrupt_status(ImportError("x")) is None
+    assert interrupt_status(RuntimeError("y").with_traceback(None)) is None
+
+
+def test_importing_the_cli_does_not_load_torch() -> None:
+    """The CLI installs its signal handlers before the heavy imports: a Ctrl-C in the first
+    second of a command is then an interrupt, not a traceback from inside torch."""
+    code = "import sys, edgeres.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_bench_refuses_an_absurd_run_count(capsys) -> None:
+    assert main(["bench", "nowhere", "--runs", "99999999999"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "edgeres: error: --runs must be in [1, 100000], got 99999999999")

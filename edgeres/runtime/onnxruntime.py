@@ -28,6 +28,7 @@ import onnx
 
 from edgeres.errors import UserError
 from edgeres.export.onnx_uint8 import has_int8_weights, weights_as_uint8
+from edgeres.signals import interrupt_status
 
 X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
@@ -77,11 +78,8 @@ def _ort() -> ModuleType:
     try:
         import onnxruntime
     except ImportError as exc:
-        cause: BaseException | None = exc
-        while cause is not None:  # Ctrl-C inside its import surfaces as an ImportError
-            if isinstance(cause, KeyboardInterrupt):
-                raise KeyboardInterrupt from None
-            cause = cause.__cause__ or cause.__context__
+        if (status := interrupt_status(exc)) is not None:  # Ctrl-C / SIGTERM in its import
+            raise KeyboardInterrupt if status == 130 else SystemExit(status) from None
         raise UserError(
             "onnxruntime is not installed; install it with `pip install onnxruntime` "
             "to run or check ONNX models"
