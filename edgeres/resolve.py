@@ -294,6 +294,9 @@ def resolve_model(spec: str, weights: str | None = None, load: bool = True) -> R
 
     ``load=False`` skips zoo weights (for structure-only work such as ``edgeres explain``).
     """
+    if not spec.strip():
+        raise UserError("the model is empty: give a zoo name (see `edgeres zoo`), a checkpoint "
+                        "(.pt/.pth) or module:factory")
     path = Path(spec)
     if weights is not None and not weights.strip():
         raise UserError("--weights is empty: give a weights name or a checkpoint path, or "

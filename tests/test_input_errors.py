@@ -481,3 +481,9 @@ def test_cli_non_finite_checkpoint(tmp_path, capsys) -> None:
 def test_cli_target_directory(tmp_path, capsys) -> None:
     err = cli_fails(["convert", "mobilenet_v2_fmnist", "-t", str(tmp_path), *FAST], capsys)
     assert "is a directory" in err
+
+
+def test_an_empty_model_is_named_as_such() -> None:
+    for spec in ("", "  "):
+        with pytest.raises(UserError, match="the model is empty: give a zoo name"):
+            resolve_model(spec)
