@@ -17,7 +17,7 @@ def floor_failures(metrics: dict, min_agreement: float | None,
     """The stated floors (``--min-agreement``, ``--max-drop``) that ``metrics`` misses, one
     phrase each; convert and check gate on the same words."""
     out = []
-    agreement = metrics["top1_agreement"]
+    agreement = _exact(metrics, "top1_agreement")
     if min_agreement is not None and agreement < min_agreement:
         expected, sd = metrics.get("expected_agreement"), metrics.get("agreement_sd")
         note = (f" (expected at this noise level: {expected:.1f} +- {sd:.1f}%)"
@@ -26,11 +26,22 @@ def floor_failures(metrics: dict, min_agreement: float | None,
         out.append(f"top-1 agreement {shown}% is below --min-agreement {floor}%{note}")
     if max_drop is not None and None not in (metrics.get("float_top1"),
                                              metrics.get("quant_top1")):
-        drop = metrics["float_top1"] - metrics["quant_top1"]
+        drop = _exact(metrics, "float_top1") - _exact(metrics, "quant_top1")
         if drop > max_drop:
             shown, floor = _apart(drop, max_drop)
             out.append(f"accuracy drop {shown} points exceeds --max-drop {floor}")
     return out
+
+
+def _exact(metrics: dict, key: str) -> float:
+    """A percentage of ``samples`` as the exact fraction it records: metrics keep 4 decimals,
+    and a floor between the rounded and the true value must still be missed."""
+    value, n = metrics[key], metrics.get("samples")
+    if isinstance(n, int) and 0 < n <= 100_000:
+        count = round(value * n / 100)
+        if abs(count * 100 / n - value) < 1e-3:
+            return count * 100 / n
+    return value
 
 
 def _apart(value: float, floor: float) -> tuple[str, str]:

@@ -492,3 +492,14 @@ def test_golden_drift_of_float_outputs_is_counted_in_codes(tmp_path, capsys) -> 
     assert check_golden(load_bundle(out)) == pytest.approx(2.0, abs=0.01)
     assert main(["check", str(out), "--no-layers"]) == 1
     assert "golden vectors differ by up to 2 codes" in capsys.readouterr().err
+
+
+def test_a_floor_between_the_recorded_and_the_true_agreement_is_missed() -> None:
+    """272 of 300 agree: 90.6667 % recorded, 90.666... % true; a floor of 90.66667 is missed
+    and the message shows enough digits to see it."""
+    metrics = {"top1_agreement": 90.6667, "samples": 300, "float_top1": 92.0, "quant_top1": 88.0}
+    assert floor_failures(metrics, 90.66667, None) == [
+        "top-1 agreement 90.666667% is below --min-agreement 90.666670%"]
+    assert floor_failures(metrics, 90.6666, 4.0) == []
+    assert floor_failures(metrics, None, 3.99) == [
+        "accuracy drop 4.00 points exceeds --max-drop 3.99"]
