@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeres.bundle import check_replaceable
@@ -50,7 +50,6 @@ class Staging:
     path: Path
     dest: Path
     published: bool = False
-    swept: list[str] = field(default_factory=list)
 
 
 def _hold_lock(folder: Path) -> int | None:
@@ -160,7 +159,7 @@ def staged_bundle(out_dir: Path,
             log(line)
     try:
         with signals_deferred():  # a signal now lands inside the try, so finally cleans up
-            staging, stage_lock = _make_stage(out_dir, swept)
+            staging, stage_lock = _make_stage(out_dir)
         yield staging
         _publish_modes(staging.path)
         dest = staging.dest
@@ -180,14 +179,14 @@ def staged_bundle(out_dir: Path,
                 shutil.rmtree(staging.path, ignore_errors=True)
 
 
-def _make_stage(out_dir: Path, swept: list[str]) -> tuple[Staging, int | None]:
+def _make_stage(out_dir: Path) -> tuple[Staging, int | None]:
     """Make and lock this run's staging folder."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     except OSError as exc:
         raise UserError(f"cannot write the bundle to '{out_dir}': {exc.strerror or exc}") from exc
-    return Staging(stage, out_dir, swept=swept), _hold_lock(stage)
+    return Staging(stage, out_dir), _hold_lock(stage)
 
 
 def _swap_in(staging: Staging) -> None:
